@@ -1,0 +1,89 @@
+"""`glmtune chat`: a streaming REPL with history, or one `--query` whose answer alone goes to stdout.
+
+REPL commands: /clear forgets the history, /system TEXT sets the system prompt, /exit (or end of input) leaves.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from glmtune.console import term
+from glmtune.export import generation_kwargs
+from glmtune.families import Message
+from glmtune.generation import generate_answers
+from glmtune.modeling import Loaded, load_for_inference, quiet_libraries
+from glmtune.recipe import GenerationSection
+from glmtune.rundir import run_recipe
+
+
+def chat(source: Path, *, query: str | None = None, system: str | None = None,
+         max_new_tokens: int | None = None, temperature: float | None = None) -> None:
+    quiet_libraries()
+    loaded = load_for_inference(source)
+    settings = _settings(loaded, max_new_tokens, temperature)
+    if query is not None:
+        messages = _with_system(system, [Message("user", query)])
+        term.out(generate_answers(loaded.model, loaded.tokenizer, loaded.family, [messages], settings)[0], end="\n")
+        return
+    repl(loaded, settings, system)
+
+
+def _settings(loaded: Loaded, max_new_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+    if loaded.run is not None:
+        settings = generation_kwargs(run_recipe(loaded.source).generation)
+    else:  # an exported folder carries its settings in generation_config.json, which generate() reads itself
+        settings = {"max_new_tokens": GenerationSection().max_new_tokens}
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    if temperature is not None:
+        settings |= {"do_sample": True, "temperature": temperature}
+    return settings
+
+
+def _with_system(system: str | None, messages: list[Message]) -> list[Message]:
+    return [Message("system", system), *messages] if system else messages
+
+
+def repl(loaded: Loaded, settings: dict[str, Any], system: str | None) -> None:
+    streamer = _streamer(loaded.tokenizer)
+    history: list[Message] = []
+    term.info(f"chatting with {loaded.source} ({loaded.family.title}); /clear, /system TEXT, /exit")
+    while True:
+        line = _read_line()
+        if line is None or line.strip() == "/exit":
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/clear":
+            history = []
+            term.info("history cleared")
+            continue
+        if line.startswith("/system"):
+            system = line.removeprefix("/system").strip() or None
+            term.info(f"system prompt {'set' if system else 'removed'}")
+            continue
+        messages = _with_system(system, [*history, Message("user", line)])
+        term.out("[bold]assistant>[/] ", end="", markup=True)
+        answer = generate_answers(loaded.model, loaded.tokenizer, loaded.family, [messages], settings, streamer=streamer)[0]
+        term.out()
+        history += [Message("user", line), Message("assistant", answer)]
+
+
+def _read_line() -> str | None:
+    if sys.stdin.isatty():
+        term.out("[bold]user>[/] ", end="", markup=True)
+    line = sys.stdin.readline()
+    return line if line else None
+
+
+def _streamer(tokenizer):
+    from transformers import TextStreamer
+
+    class TerminalStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            term.out(text, end="")
+
+    return TerminalStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

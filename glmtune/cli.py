@@ -1,0 +1,98 @@
+"""The `glmtune` command line: each command parses its arguments, calls one function and reports.
+
+Heavy libraries (torch, transformers) are imported inside the commands, so `glmtune --help` starts instantly.
+A `UsageError` anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glmtune.console import term
+from glmtune.errors import UsageError
+
+app = typer.Typer(
+    name="glmtune",
+    help="Fine-tune GLM-family chat models (ChatGLM-6B … GLM-4.5): prepare, train, export, chat, eval.\n\n"
+    "Example: glmtune train recipes/demo.toml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="TOML recipe file.", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2.")]
+SourceArg = Annotated[Path, typer.Argument(help="A glmtune run directory or an exported model folder.", show_default=False)]
+
+
+def _recipe(path: Path, overrides: list[str] | None):
+    from glmtune.recipe import load_recipe
+
+    return load_recipe(path, overrides or [])
+
+
+@app.command(epilog="Example: glmtune prepare recipes/self_cognition.toml --show 2")
+def prepare(recipe: RecipeArg, set_: SetOpt = None, show: Annotated[int, typer.Option(help="Print N samples with trained tokens in green.")] = 0) -> None:
+    """Tokenize the recipe's data into its run directory (reused by train when unchanged)."""
+    from glmtune.prepare import prepare_run
+
+    prepare_run(_recipe(recipe, set_), show=show)
+
+
+@app.command(epilog="Example: glmtune train recipes/demo.toml --set train.epochs=5")
+def train(recipe: RecipeArg, set_: SetOpt = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and plan; train nothing.")] = False) -> None:
+    """Fine-tune with LoRA or full fine-tuning; writes a self-describing run directory."""
+    from glmtune.train import train as run_training
+
+    run_training(_recipe(recipe, set_), dry_run=dry_run)
+
+
+@app.command(epilog="Example: glmtune export runs/demo --out exports/demo")
+def export(source: SourceArg, out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")]) -> None:
+    """Merge the run's adapter into its base and write a model that loads with plain transformers."""
+    from glmtune.export import export_run
+
+    export_run(source, out)
+
+
+@app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')
+def chat(
+    source: SourceArg,
+    query: Annotated[str | None, typer.Option(help="Ask one question, print only the answer on stdout.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default: the run's recipe [generation].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (turns sampling on).")] = None,
+) -> None:
+    """Chat with a run or an exported model; without --query an interactive REPL (/clear, /system TEXT, /exit)."""
+    from glmtune.chat import chat as run_chat
+
+    run_chat(source, query=query, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@app.command(name="eval", epilog="Example: glmtune eval runs/demo --recipe recipes/demo.toml")
+def evaluate(source: SourceArg, recipe: Annotated[Path | None, typer.Option(help="Recipe for data and [eval]; default: the run's own.")] = None,
+             set_: SetOpt = None) -> None:
+    """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side."""
+    from glmtune.evaluate import evaluate_source
+
+    evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [])
+
+
+def main() -> None:
+    try:
+        app()
+    except UsageError as exc:
+        term.error(str(exc))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        term.error("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""`glmtune eval`: loss and perplexity on an eval split, and generation metrics on prompt/reference pairs.
+
+For a LoRA run the untuned base is scored beside the tuned model (the adapter switched off on the same weights).
+Results go to a rich table and to eval.json in the run directory (or the model folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from glmtune.console import term
+from glmtune.errors import UsageError
+from glmtune.export import generation_kwargs
+from glmtune.formats import read_examples
+from glmtune.generation import generate_answers
+from glmtune.metrics import METRIC_NOTES, generation_scores
+from glmtune.modeling import Loaded, load_for_inference, quiet_libraries
+from glmtune.prepare import IGNORE_INDEX
+from glmtune.recipe import Recipe
+from glmtune.render import render_sample
+from glmtune.rundir import atomic_write_text, run_recipe
+
+
+def evaluate_source(source: Path, *, recipe: Recipe | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    quiet_libraries()
+    loaded = load_for_inference(source)
+    if recipe is None:
+        if loaded.run is None:
+            raise UsageError(f"{source}: an exported model carries no recipe; pass --recipe RECIPE to name the eval data")
+        from glmtune.recipe import load_recipe
+
+        recipe = load_recipe(source / "recipe.toml", overrides or []) if overrides else run_recipe(source)
+    results = {"tuned": score(loaded, recipe)}
+    if recipe.eval.compare_base and _has_adapter(loaded):
+        with loaded.model.disable_adapter():
+            results = {"base": score(loaded, recipe), **results}
+    _report(results)
+    atomic_write_text(source / "eval.json", json.dumps({"results": results, "notes": METRIC_NOTES}, indent=2) + "\n")
+    term.ok(f"wrote {source / 'eval.json'}")
+    return results
+
+
+def _has_adapter(loaded: Loaded) -> bool:
+    return hasattr(loaded.model, "disable_adapter")
+
+
+def score(loaded: Loaded, recipe: Recipe) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    if recipe.data.eval:
+        loss = eval_loss(loaded, recipe)
+        scores |= {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    pairs_from = recipe.eval.data or recipe.data.eval
+    if pairs_from:
+        scores |= generation_metrics(loaded, recipe, pairs_from)
+    if not scores:
+        raise UsageError("nothing to evaluate: set data.eval (loss) or eval.data (generation metrics) in the recipe")
+    return scores
+
+
+def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
+    """Mean loss per trained token over the eval split, rendered exactly as for training."""
+    import torch
+
+    data = recipe.data
+    total, count = 0.0, 0
+    for example in read_examples(data.eval, "data.eval", data.format, data.variables, data.system):
+        sample = render_sample(example.messages, loaded.family, loaded.tokenizer, max_length=data.max_length,
+                               overlong=data.overlong, mask_history=data.mask_history)
+        if sample.status == "dropped":
+            continue
+        labels = [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
+        with torch.no_grad():
+            output = loaded.model(input_ids=torch.tensor([sample.ids]), labels=torch.tensor([labels]))
+        trained = sum(sample.mask[1:])  # the first token is never a target after the shift
+        total += float(output.loss) * trained
+        count += trained
+    return total / max(count, 1)
+
+
+def generation_metrics(loaded: Loaded, recipe: Recipe, paths: list[str]) -> dict[str, float]:
+    data = recipe.data
+    examples = read_examples(paths, "eval.data", data.format, data.variables, data.system)
+    if recipe.eval.max_samples:
+        examples = examples[: recipe.eval.max_samples]
+    prompts = [example.messages[:-1] for example in examples]
+    references = [example.messages[-1].content for example in examples]
+    predictions = generate_answers(loaded.model, loaded.tokenizer, loaded.family, prompts,
+                                   generation_kwargs(recipe.generation), batch_size=recipe.eval.batch_size)
+    return {**generation_scores(predictions, references), "samples": float(len(examples))}
+
+
+def _report(results: dict[str, dict[str, float]]) -> None:
+    names = list(results)
+    metrics = list(dict.fromkeys(key for scores in results.values() for key in scores))
+    rows = [[metric, *(f"{results[name].get(metric, float('nan')):.2f}" for name in names)] for metric in metrics]
+    term.table("evaluation", ["metric", *names], rows)
+    term.info(f"[dim]{METRIC_NOTES}[/]")
+
+

@@ -1,0 +1,176 @@
+"""`glmtune export`: a merged full model that loads with plain transformers, verified before it is put in place.
+
+LoRA is merged into the base reloaded at full precision (never into quantized weights). The folder gets sharded
+safetensors, the tokenizer with its chat template, a generation_config.json with the family's stop tokens, a model
+card, and a small `modeling_glmtune_chat.py` so the ChatGLM snippet `AutoModel.from_pretrained(out,
+trust_remote_code=True).chat(tokenizer, query, history)` works too. Everything is written to a temporary folder
+and renamed into place only after the reloaded export's logits matched base + adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from glmtune.console import term
+from glmtune.errors import UsageError
+from glmtune.families import Family, Message, get_family
+from glmtune.modeling import base_model_folder, load_base_with_adapter, load_model, load_tokenizer, quiet_libraries
+from glmtune.render import render_conversation
+from glmtune.recipe import GenerationSection, Recipe
+from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
+
+CHAT_MODULE = "modeling_glmtune_chat"
+LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
+
+
+def export_run(run_dir: Path, out: Path) -> Path:
+    quiet_libraries()
+    if not is_run_dir(run_dir):
+        raise UsageError(f"{run_dir}: not a glmtune run directory (no run.json); give the folder `glmtune train` wrote")
+    run = read_run(run_dir)
+    if run.get("status") != "complete":
+        raise UsageError(f"{run_dir}: training has not completed (status {run.get('status')!r}); nothing to export")
+    family = get_family(run["family"])
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    probes = probe_inputs(family, tokenizer, run_dir)
+    model, expected = _merged_model(run, run_dir, probes)
+    with staged_dir(out) as staging:
+        save_export(model, tokenizer, family, run, run_recipe(run_dir), staging)
+        del model
+        worst = verify_export(staging, probes, expected)
+    term.ok(f"exported to {out} — reloaded logits match base + adapter (max |Δ| {worst:.2e} ≤ {LOGITS_ATOL})")
+    return out
+
+
+def _merged_model(run: dict[str, Any], run_dir: Path, probes):
+    """The merged fp32 model and the logits of base + adapter on the probes, computed before merging."""
+    if run["weights"] == "model":
+        model = load_model(run_dir / "model", dtype="float32")
+        return model.eval(), _logits(model.eval(), probes)
+    model = load_base_with_adapter(run, run_dir, dtype="float32", merge=False).eval()
+    expected = _logits(model, probes)
+    merged = model.merge_and_unload().eval()
+    worst = _max_diff(_logits(merged, probes), expected)
+    if worst > LOGITS_ATOL:
+        raise RuntimeError(f"merged logits differ from base + adapter by {worst:.2e}; the merge is wrong")
+    return merged, expected
+
+
+def probe_inputs(family: Family, tokenizer, run_dir: Path) -> list[list[int]]:
+    """A few training samples (or a fixed conversation) to compare logits on."""
+    data = run_dir / "data" / "train"
+    if data.is_dir():
+        from datasets import load_from_disk
+
+        return [row["input_ids"] for row in load_from_disk(str(data)).select(range(3))]
+    messages = [Message("user", "你好，你是谁？ Who are you?"), Message("assistant", "I am a GLM model.")]
+    return [render_conversation(messages, family, tokenizer).ids]
+
+
+def _logits(model, probes: list[list[int]]):
+    import torch
+
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids])).logits.float() for ids in probes]
+
+
+def _max_diff(actual, expected) -> float:
+    return max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
+
+
+def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: Recipe, folder: Path) -> None:
+    import torch
+    from transformers import GenerationConfig
+
+    base_dtype = _base_dtype(run)
+    model = model.to(getattr(torch, base_dtype))
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in family.stop_tokens]
+    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                               **generation_kwargs(recipe.generation))
+    base_class = type(model).__name__
+    model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
+    model.save_pretrained(folder, max_shard_size=recipe.export.max_shard_size)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = family.chat_template
+    tokenizer.save_pretrained(folder)
+    (folder / f"{CHAT_MODULE}.py").write_text(CHAT_CODE.replace("BASE_CLASS", base_class), encoding="utf-8")
+    (folder / "README.md").write_text(_model_card(run, family, base_class, base_dtype), encoding="utf-8")
+
+
+def generation_kwargs(generation: GenerationSection) -> dict[str, Any]:
+    """Settings for generate(); sampling knobs only when sampling, as transformers rejects them otherwise."""
+    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": generation.do_sample,
+                              "repetition_penalty": generation.repetition_penalty}
+    if generation.do_sample:
+        kwargs |= {"temperature": generation.temperature, "top_p": generation.top_p}
+    return kwargs
+
+
+def _base_dtype(run: dict[str, Any]) -> str:
+    config = json.loads((base_model_folder(run) / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def verify_export(folder: Path, probes, expected) -> float:
+    """Reload the written folder the way a user will and compare its logits with base + adapter."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+    worst = _max_diff(_logits(reloaded, probes), expected)
+    tolerance = LOGITS_ATOL if reloaded.config.dtype in (None, "float32") else 5e-2 * max(1.0, _scale(expected))
+    if worst > tolerance:
+        raise RuntimeError(f"the reloaded export's logits differ from base + adapter by {worst:.2e}")
+    return worst
+
+
+def _scale(logits) -> float:
+    return max(float(x.abs().max()) for x in logits)
+
+
+def _model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str) -> str:
+    return f"""# Fine-tuned {family.title}
+
+Exported by glmtune from base model `{run['base_model']['path']}` ({run['method']} fine-tuning), merged and saved
+as `{base_class}` in {dtype}. Stop tokens: {', '.join(family.stop_tokens)} (in generation_config.json).
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+model = AutoModelForCausalLM.from_pretrained(PATH)
+inputs = tokenizer.apply_chat_template([{{"role": "user", "content": "你是谁"}}], add_generation_prompt=True,
+                                       return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+ChatGLM style (`{CHAT_MODULE}.py` adds `chat()` to the native class; it runs only with trust_remote_code=True):
+
+```python
+model = AutoModel.from_pretrained(PATH, trust_remote_code=True)
+response, history = model.chat(tokenizer, "你是谁", history=[])
+```
+"""
+
+
+CHAT_CODE = '''"""ChatGLM-style `model.chat()` on the native transformers class; written by `glmtune export`, no other code needed."""
+
+from transformers import BASE_CLASS
+
+
+class GlmtuneChatModel(BASE_CLASS):
+    def chat(self, tokenizer, query, history=None, role="user", max_new_tokens=256, **generate_kwargs):
+        """Answer `query` after `history` (dicts with role/content, or (query, response) pairs); returns (response, history)."""
+        messages = []
+        for turn in history or []:
+            if isinstance(turn, dict):
+                messages.append({"role": turn["role"], "content": turn["content"]})
+            else:
+                messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+        messages.append({"role": role, "content": query})
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        output = self.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        response = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return response, messages + [{"role": "assistant", "content": response}]
+'''

@@ -1,0 +1,192 @@
+"""Read training data files into conversations: alpaca, context/target, messages and sharegpt records.
+
+Files are `.json` (a list of records) or `.jsonl` (one record per line); a folder stands for the data files in it.
+The format is detected per file from its first record unless the recipe names one. `{{placeholders}}` are filled
+from `[data] variables`. Every problem names the file and line (or record) it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glmtune.errors import UsageError
+from glmtune.families import ROLES, Message
+
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "observation": "observation", "function_call": "assistant", "tool": "observation"}
+MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: list[Message]
+    origin: str  # "file:line", for messages
+
+
+def data_files(paths: list[str], key: str) -> list[Path]:
+    """Expand the files and folders a recipe names under `key` into data files."""
+    files: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+            if not found:
+                raise UsageError(f"{key}: folder {path} holds no .json or .jsonl file")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{key}: data file {path} not found; check the path (relative paths are read from the recipe's folder)")
+    return files
+
+
+def read_examples(paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None) -> list[Example]:
+    examples = []
+    for file in data_files(paths, key):
+        file_format = fmt
+        for origin, record in _records(file):
+            if file_format == "auto":
+                file_format = detect_format(record, origin)
+            record = _fill(record, variables, origin)
+            examples.append(Example(to_messages(record, file_format, origin, system), origin))
+    return examples
+
+
+def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            origin = f"{file}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it") from None
+            yield origin, _as_record(record, origin)
+        return
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(records, list):
+        raise UsageError(f"{file}: a .json data file must hold a list of records")
+    for index, record in enumerate(records):
+        origin = f"{file} record {index}"
+        yield origin, _as_record(record, origin)
+
+
+def _as_record(record: Any, origin: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UsageError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def detect_format(record: Mapping[str, Any], origin: str) -> str:
+    turns = record.get("messages", record.get("conversations"))
+    if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+        return "sharegpt" if "from" in turns[0] else "messages"
+    if "instruction" in record:
+        return "alpaca"
+    if "context" in record or "target" in record:
+        return "context_target"
+    raise UsageError(
+        f"{origin}: cannot tell the data format from keys {sorted(record)}; "
+        "use alpaca (instruction/output), context/target, messages or sharegpt records, or set data.format"
+    )
+
+
+def _fill(value: Any, variables: Mapping[str, str], origin: str) -> Any:
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in variables:
+                raise UsageError(f"{origin}: placeholder {{{{{name}}}}} has no value; add {name} = \"...\" under [data.variables]")
+            return variables[name]
+        return PLACEHOLDER.sub(substitute, value)
+    if isinstance(value, list):
+        return [_fill(v, variables, origin) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, variables, origin) for k, v in value.items()}
+    return value
+
+
+def to_messages(record: Mapping[str, Any], fmt: str, origin: str, system: str | None) -> list[Message]:
+    builders = {"alpaca": _alpaca, "context_target": _context_target, "messages": _messages, "sharegpt": _sharegpt}
+    messages = builders[fmt](record, origin)
+    if system and not any(m.role == "system" for m in messages):
+        messages.insert(0, Message("system", system))
+    if not messages or messages[-1].role != "assistant":
+        raise UsageError(f"{origin}: the conversation must end with an assistant answer")
+    if not messages[-1].content.strip():
+        raise UsageError(f"{origin}: empty answer; remove the record or write its answer")
+    return messages
+
+
+def _field(record: Mapping[str, Any], key: str, origin: str, fmt: str, required: bool = True) -> str:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise UsageError(f"{origin}: missing field '{key}' (format {fmt})")
+        return ""
+    if not isinstance(value, str):
+        raise UsageError(f"{origin}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _alpaca(record: Mapping[str, Any], origin: str) -> list[Message]:
+    messages = []
+    if system := _field(record, "system", origin, "alpaca", required=False):
+        messages.append(Message("system", system))
+    history = record.get("history") or []
+    if not isinstance(history, list) or any(not isinstance(p, list) or len(p) != 2 for p in history):
+        raise UsageError(f"{origin}: field 'history' must be a list of [user, assistant] pairs")
+    for user, assistant in history:
+        messages += [Message("user", str(user)), Message("assistant", str(assistant))]
+    prompt = _field(record, "instruction", origin, "alpaca")
+    if extra := _field(record, "input", origin, "alpaca", required=False):
+        prompt = f"{prompt}\n{extra}" if prompt else extra
+    messages += [Message("user", prompt), Message("assistant", _field(record, "output", origin, "alpaca"))]
+    return messages
+
+
+def _context_target(record: Mapping[str, Any], origin: str) -> list[Message]:
+    context = _field(record, "context", origin, "context_target")
+    return [Message("user", context), Message("assistant", _field(record, "target", origin, "context_target"))]
+
+
+def _turns(record: Mapping[str, Any], origin: str, fmt: str) -> list[Any]:
+    turns = record.get("messages", record.get("conversations"))
+    if not isinstance(turns, list) or not turns:
+        raise UsageError(f"{origin}: missing field 'messages' (or 'conversations'), a non-empty list (format {fmt})")
+    return turns
+
+
+def _messages(record: Mapping[str, Any], origin: str) -> list[Message]:
+    messages = []
+    for turn in _turns(record, origin, "messages"):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise UsageError(f"{origin}: each message needs 'role' and 'content'")
+        role = MESSAGE_ROLES.get(turn["role"])
+        if role is None:
+            raise UsageError(f"{origin}: unknown role {turn['role']!r}; use one of {', '.join(ROLES)}")
+        messages.append(Message(role, str(turn["content"]), str(turn.get("metadata") or "")))
+    return messages
+
+
+def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
+    messages = []
+    for turn in _turns(record, origin, "sharegpt"):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise UsageError(f"{origin}: each sharegpt turn needs 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise UsageError(f"{origin}: unknown sharegpt speaker {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+        messages.append(Message(role, str(turn["value"])))
+    return messages

@@ -1,0 +1,248 @@
+"""The recipe: one typed, immutable object built from a TOML file, its `extends` chain and `--set` overrides.
+
+Every command reads a recipe. Unknown keys are errors that suggest the nearest valid key, all problems are reported
+at once with their TOML paths, and relative paths are resolved against the file that wrote them, so a shared base
+recipe can live in another folder than the team recipe that extends it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from glmtune.errors import UsageError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSection(Section):
+    name: str = "run"  # run folder name under output_dir
+    output_dir: str = "runs"  # relative to the working directory
+    seed: int = 42
+
+
+class ModelSection(Section):
+    path: str  # local folder, a glmtune run folder, or "builtin:tiny-glm4" / "builtin:tiny-glm"
+    family: str = "auto"  # auto-detected from the folder; or a registered family name
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    trust_remote_code: bool = False  # never on unless asked
+    allow_pickle: bool = False  # load *.bin (pickle) weights; off means safetensors only
+
+
+class DataSection(Section):
+    train: list[str] = Field(default_factory=list)  # files or folders (.json / .jsonl)
+    eval: list[str] = Field(default_factory=list)
+    format: Literal["auto", "alpaca", "context_target", "messages", "sharegpt"] = "auto"
+    variables: dict[str, str] = Field(default_factory=dict)  # fills {{placeholders}} in the data
+    system: str | None = None  # system prompt for samples that have none
+    max_length: int = Field(1024, gt=8)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    mask_history: bool = False  # train the last assistant turn only
+
+
+class MethodSection(Section):
+    kind: Literal["lora", "full"] = "lora"
+
+
+class LoraSection(Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] | Literal["auto"] = "auto"  # auto: the family's targets for the architecture
+
+
+class TrainSection(Section):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)  # per device
+    grad_accum: int = Field(1, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0)  # None: evaluate once per epoch when there is an eval split
+    save_steps: int | None = Field(None, gt=0)  # None: save once per epoch
+    save_total_limit: int = Field(2, gt=0)
+    keep_best: bool = False  # reload the checkpoint with the lowest eval loss at the end
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False  # batches of similar length: less padding
+
+
+class LaunchSection(Section):
+    strategy: Literal["single"] = "single"
+    quantize: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes base model, LoRA only
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(256, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.8, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class ExportSection(Section):
+    max_shard_size: str = "2GB"
+    verify: bool = True  # compare merged logits with base + adapter after writing
+
+
+class EvalSection(Section):
+    data: list[str] = Field(default_factory=list)  # prompt/reference pairs; default: data.eval
+    max_samples: int | None = Field(None, gt=0)
+    compare_base: bool = True  # also score the untuned base model
+    batch_size: int = Field(8, gt=0)
+
+
+class Recipe(Section):
+    """The whole recipe. `source` is the file it was read from (for messages), not a TOML key."""
+
+    run: RunSection = RunSection()
+    model: ModelSection
+    data: DataSection = DataSection()
+    method: MethodSection = MethodSection()
+    lora: LoraSection = LoraSection()
+    train: TrainSection = TrainSection()
+    launch: LaunchSection = LaunchSection()
+    generation: GenerationSection = GenerationSection()
+    export: ExportSection = ExportSection()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        if self.launch.quantize != "none" and self.method.kind != "lora":
+            raise ValueError("launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# Keys whose values are file paths: resolved against the folder of the TOML file that sets them.
+PATH_KEYS = {("data", "train"), ("data", "eval"), ("eval", "data"), ("model", "path")}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, follow `extends`, apply `--set key=value` overrides and validate everything at once."""
+    path = Path(path)
+    raw = _read_chain(path, seen=())
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return recipe_from_dict(raw, where=str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise UsageError(f"{where}: " + "; ".join(problems)) from None
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        raise UsageError(f"{path}: `extends` loops back to itself ({' -> '.join(p.name for p in seen)})")
+    if not path.is_file():
+        raise UsageError(f"{path}: recipe file not found; give the path of a .toml recipe (see recipes/)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    _resolve_paths(data, path.parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise UsageError(f"{path}: extends: expected a relative path string")
+    base = _read_chain(path.parent / parent, seen=(*seen, resolved))
+    return _deep_merge(base, data)
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    for section, key in PATH_KEYS:
+        table = data.get(section)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table[key]
+        if isinstance(value, str):
+            table[key] = _resolve_one(value, folder)
+        elif isinstance(value, list):
+            table[key] = [_resolve_one(v, folder) if isinstance(v, str) else v for v in value]
+
+
+def _resolve_one(value: str, folder: Path) -> str:
+    if ":" in value.split("/")[0] or Path(value).is_absolute():  # "builtin:..." and absolute paths stay as they are
+        return value
+    return str((folder / value).resolve())
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+    parts = key.strip().split(".")
+    table = raw
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise UsageError(f"--set {override!r}: {part} is not a section")
+    table[parts[-1]] = _parse_value(text.strip())
+    if tuple(parts) in PATH_KEYS:
+        _resolve_paths({parts[0]: table}, Path.cwd())
+
+
+def _parse_value(text: str) -> Any:
+    # TOML syntax gives numbers, booleans, lists and quoted strings; anything else is taken as a bare string.
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = [str(part) for part in error["loc"]]
+    dotted = ".".join(location) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{dotted}: unknown key{_suggest(location)}"
+    if error["type"] == "missing":
+        return f"{dotted}: missing required key"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in {"value_error", "assertion_error"} and not location:
+        return message
+    return f"{dotted}: {message} (got {error.get('input')!r})"
+
+
+def _suggest(location: list[str]) -> str:
+    model: type[BaseModel] = Recipe
+    for part in location[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    candidates = list(model.model_fields)
+    close = difflib.get_close_matches(location[-1], candidates, n=1, cutoff=0.5)
+    prefix = ".".join(location[:-1])
+    if close:
+        return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)"
+    return f" (valid keys: {', '.join(candidates)})"
