@@ -18,14 +18,22 @@ from glmtune.recipe import GenerationSection
 from glmtune.rundir import run_recipe
 
 
-def chat(source: Path, *, query: str | None = None, system: str | None = None,
-         max_new_tokens: int | None = None, temperature: float | None = None) -> None:
+def chat(
+    source: Path,
+    *,
+    query: str | None = None,
+    system: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+) -> None:
     quiet_libraries()
     loaded = load_for_inference(source)
     settings = _settings(loaded, max_new_tokens, temperature)
     if query is not None:
         messages = _with_system(system, [Message("user", query)])
-        term.out(generate_answers(loaded.model, loaded.tokenizer, loaded.family, [messages], settings)[0], end="\n")
+        term.out(
+            generate_answers(loaded.model, loaded.tokenizer, loaded.family, [messages], settings)[0], end="\n"
+        )
         return
     repl(loaded, settings, system)
 
@@ -67,7 +75,9 @@ def repl(loaded: Loaded, settings: dict[str, Any], system: str | None) -> None:
             continue
         messages = _with_system(system, [*history, Message("user", line)])
         term.out("[bold]assistant>[/] ", end="", markup=True)
-        answer = generate_answers(loaded.model, loaded.tokenizer, loaded.family, [messages], settings, streamer=streamer)[0]
+        answer = generate_answers(
+            loaded.model, loaded.tokenizer, loaded.family, [messages], settings, streamer=streamer
+        )[0]
         term.out()
         history += [Message("user", line), Message("assistant", answer)]
 
@@ -83,7 +93,14 @@ def _streamer(tokenizer):
     from transformers import TextStreamer
 
     class TerminalStreamer(TextStreamer):
+        started = False  # the layout's newline after the role token is generated too; don't echo it
+
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
             term.out(text, end="")
+            if stream_end:
+                self.started = False
 
     return TerminalStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -25,8 +25,12 @@ app = typer.Typer(
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="TOML recipe file.", show_default=False)]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2.")]
-SourceArg = Annotated[Path, typer.Argument(help="A glmtune run directory or an exported model folder.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2.")
+]
+SourceArg = Annotated[
+    Path, typer.Argument(help="A glmtune run directory or an exported model folder.", show_default=False)
+]
 
 
 def _recipe(path: Path, overrides: list[str] | None):
@@ -36,7 +40,11 @@ def _recipe(path: Path, overrides: list[str] | None):
 
 
 @app.command(epilog="Example: glmtune prepare recipes/self_cognition.toml --show 2")
-def prepare(recipe: RecipeArg, set_: SetOpt = None, show: Annotated[int, typer.Option(help="Print N samples with trained tokens in green.")] = 0) -> None:
+def prepare(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    show: Annotated[int, typer.Option(help="Print N samples with trained tokens in green.")] = 0,
+) -> None:
     """Tokenize the recipe's data into its run directory (reused by train when unchanged)."""
     from glmtune.prepare import prepare_run
 
@@ -44,8 +52,13 @@ def prepare(recipe: RecipeArg, set_: SetOpt = None, show: Annotated[int, typer.O
 
 
 @app.command(epilog="Example: glmtune train recipes/demo.toml --set train.epochs=5")
-def train(recipe: RecipeArg, set_: SetOpt = None,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and plan; train nothing.")] = False) -> None:
+def train(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved recipe and plan; train nothing.")
+    ] = False,
+) -> None:
     """Fine-tune with LoRA or full fine-tuning; writes a self-describing run directory."""
     from glmtune.train import train as run_training
 
@@ -53,7 +66,10 @@ def train(recipe: RecipeArg, set_: SetOpt = None,
 
 
 @app.command(epilog="Example: glmtune export runs/demo --out exports/demo")
-def export(source: SourceArg, out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")]) -> None:
+def export(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
+) -> None:
     """Merge the run's adapter into its base and write a model that loads with plain transformers."""
     from glmtune.export import export_run
 
@@ -63,10 +79,16 @@ def export(source: SourceArg, out: Annotated[Path, typer.Option("--out", help="F
 @app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')
 def chat(
     source: SourceArg,
-    query: Annotated[str | None, typer.Option(help="Ask one question, print only the answer on stdout.")] = None,
+    query: Annotated[
+        str | None, typer.Option(help="Ask one question, print only the answer on stdout.")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Default: the run's recipe [generation].")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (turns sampling on).")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Default: the run's recipe [generation].")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (turns sampling on).")
+    ] = None,
 ) -> None:
     """Chat with a run or an exported model; without --query an interactive REPL (/clear, /system TEXT, /exit)."""
     from glmtune.chat import chat as run_chat
@@ -75,8 +97,13 @@ def chat(
 
 
 @app.command(name="eval", epilog="Example: glmtune eval runs/demo --recipe recipes/demo.toml")
-def evaluate(source: SourceArg, recipe: Annotated[Path | None, typer.Option(help="Recipe for data and [eval]; default: the run's own.")] = None,
-             set_: SetOpt = None) -> None:
+def evaluate(
+    source: SourceArg,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe for data and [eval]; default: the run's own.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
     """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side."""
     from glmtune.evaluate import evaluate_source
 

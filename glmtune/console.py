@@ -66,7 +66,14 @@ def progress_callback():
     """A transformers TrainerCallback that shows a rich progress bar with loss, learning rate, tokens/s and ETA."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):
@@ -80,10 +87,17 @@ def progress_callback():
             if not state.is_world_process_zero:
                 return
             self.progress = Progress(
-                TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("epoch {task.fields[epoch]} · loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                console=term.err, transient=False,
+                TextColumn("[bold]train[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "epoch {task.fields[epoch]} · loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s"
+                ),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=term.err,
+                transient=False,
             )
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps, **self.fields)

@@ -24,12 +24,16 @@ from glmtune.render import render_sample
 from glmtune.rundir import atomic_write_text, run_recipe
 
 
-def evaluate_source(source: Path, *, recipe: Recipe | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate_source(
+    source: Path, *, recipe: Recipe | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     quiet_libraries()
     loaded = load_for_inference(source)
     if recipe is None:
         if loaded.run is None:
-            raise UsageError(f"{source}: an exported model carries no recipe; pass --recipe RECIPE to name the eval data")
+            raise UsageError(
+                f"{source}: an exported model carries no recipe; pass --recipe RECIPE to name the eval data"
+            )
         from glmtune.recipe import load_recipe
 
         recipe = load_recipe(source / "recipe.toml", overrides or []) if overrides else run_recipe(source)
@@ -38,7 +42,9 @@ def evaluate_source(source: Path, *, recipe: Recipe | None = None, overrides: li
         with loaded.model.disable_adapter():
             results = {"base": score(loaded, recipe), **results}
     _report(results)
-    atomic_write_text(source / "eval.json", json.dumps({"results": results, "notes": METRIC_NOTES}, indent=2) + "\n")
+    atomic_write_text(
+        source / "eval.json", json.dumps({"results": results, "notes": METRIC_NOTES}, indent=2) + "\n"
+    )
     term.ok(f"wrote {source / 'eval.json'}")
     return results
 
@@ -56,7 +62,9 @@ def score(loaded: Loaded, recipe: Recipe) -> dict[str, float]:
     if pairs_from:
         scores |= generation_metrics(loaded, recipe, pairs_from)
     if not scores:
-        raise UsageError("nothing to evaluate: set data.eval (loss) or eval.data (generation metrics) in the recipe")
+        raise UsageError(
+            "nothing to evaluate: set data.eval (loss) or eval.data (generation metrics) in the recipe"
+        )
     return scores
 
 
@@ -67,8 +75,14 @@ def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
     data = recipe.data
     total, count = 0.0, 0
     for example in read_examples(data.eval, "data.eval", data.format, data.variables, data.system):
-        sample = render_sample(example.messages, loaded.family, loaded.tokenizer, max_length=data.max_length,
-                               overlong=data.overlong, mask_history=data.mask_history)
+        sample = render_sample(
+            example.messages,
+            loaded.family,
+            loaded.tokenizer,
+            max_length=data.max_length,
+            overlong=data.overlong,
+            mask_history=data.mask_history,
+        )
         if sample.status == "dropped":
             continue
         labels = [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
@@ -87,16 +101,22 @@ def generation_metrics(loaded: Loaded, recipe: Recipe, paths: list[str]) -> dict
         examples = examples[: recipe.eval.max_samples]
     prompts = [example.messages[:-1] for example in examples]
     references = [example.messages[-1].content for example in examples]
-    predictions = generate_answers(loaded.model, loaded.tokenizer, loaded.family, prompts,
-                                   generation_kwargs(recipe.generation), batch_size=recipe.eval.batch_size)
+    predictions = generate_answers(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.family,
+        prompts,
+        generation_kwargs(recipe.generation),
+        batch_size=recipe.eval.batch_size,
+    )
     return {**generation_scores(predictions, references), "samples": float(len(examples))}
 
 
 def _report(results: dict[str, dict[str, float]]) -> None:
     names = list(results)
     metrics = list(dict.fromkeys(key for scores in results.values() for key in scores))
-    rows = [[metric, *(f"{results[name].get(metric, float('nan')):.2f}" for name in names)] for metric in metrics]
+    rows = [
+        [metric, *(f"{results[name].get(metric, float('nan')):.2f}" for name in names)] for metric in metrics
+    ]
     term.table("evaluation", ["metric", *names], rows)
     term.info(f"[dim]{METRIC_NOTES}[/]")
-
-

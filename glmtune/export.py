@@ -16,9 +16,15 @@ from typing import Any
 from glmtune.console import term
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message, get_family
-from glmtune.modeling import base_model_folder, load_base_with_adapter, load_model, load_tokenizer, quiet_libraries
-from glmtune.render import render_conversation
+from glmtune.modeling import (
+    base_model_folder,
+    load_base_with_adapter,
+    load_model,
+    load_tokenizer,
+    quiet_libraries,
+)
 from glmtune.recipe import GenerationSection, Recipe
+from glmtune.render import render_conversation
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
 CHAT_MODULE = "modeling_glmtune_chat"
@@ -28,10 +34,14 @@ LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
 def export_run(run_dir: Path, out: Path) -> Path:
     quiet_libraries()
     if not is_run_dir(run_dir):
-        raise UsageError(f"{run_dir}: not a glmtune run directory (no run.json); give the folder `glmtune train` wrote")
+        raise UsageError(
+            f"{run_dir}: not a glmtune run directory (no run.json); give the folder `glmtune train` wrote"
+        )
     run = read_run(run_dir)
     if run.get("status") != "complete":
-        raise UsageError(f"{run_dir}: training has not completed (status {run.get('status')!r}); nothing to export")
+        raise UsageError(
+            f"{run_dir}: training has not completed (status {run.get('status')!r}); nothing to export"
+        )
     family = get_family(run["family"])
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     probes = probe_inputs(family, tokenizer, run_dir)
@@ -87,8 +97,9 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     base_dtype = _base_dtype(run)
     model = model.to(getattr(torch, base_dtype))
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in family.stop_tokens]
-    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                               **generation_kwargs(recipe.generation))
+    model.generation_config = GenerationConfig(
+        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, **generation_kwargs(recipe.generation)
+    )
     base_class = type(model).__name__
     model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
     model.save_pretrained(folder, max_shard_size=recipe.export.max_shard_size)
@@ -101,8 +112,11 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
 
 def generation_kwargs(generation: GenerationSection) -> dict[str, Any]:
     """Settings for generate(); sampling knobs only when sampling, as transformers rejects them otherwise."""
-    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": generation.do_sample,
-                              "repetition_penalty": generation.repetition_penalty}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": generation.max_new_tokens,
+        "do_sample": generation.do_sample,
+        "repetition_penalty": generation.repetition_penalty,
+    }
     if generation.do_sample:
         kwargs |= {"temperature": generation.temperature, "top_p": generation.top_p}
     return kwargs
@@ -119,7 +133,9 @@ def verify_export(folder: Path, probes, expected) -> float:
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
     worst = _max_diff(_logits(reloaded, probes), expected)
-    tolerance = LOGITS_ATOL if reloaded.config.dtype in (None, "float32") else 5e-2 * max(1.0, _scale(expected))
+    tolerance = (
+        LOGITS_ATOL if reloaded.config.dtype in (None, "float32") else 5e-2 * max(1.0, _scale(expected))
+    )
     if worst > tolerance:
         raise RuntimeError(f"the reloaded export's logits differ from base + adapter by {worst:.2e}")
     return worst
@@ -132,8 +148,8 @@ def _scale(logits) -> float:
 def _model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str) -> str:
     return f"""# Fine-tuned {family.title}
 
-Exported by glmtune from base model `{run['base_model']['path']}` ({run['method']} fine-tuning), merged and saved
-as `{base_class}` in {dtype}. Stop tokens: {', '.join(family.stop_tokens)} (in generation_config.json).
+Exported by glmtune from base model `{run["base_model"]["path"]}` ({run["method"]} fine-tuning), merged and saved
+as `{base_class}` in {dtype}. Stop tokens: {", ".join(family.stop_tokens)} (in generation_config.json).
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -62,7 +62,9 @@ def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> li
         ends_turn = previous_assistant >= 0
         pieces.append(Piece(f"<|{message.role}|>", special=True, train=ends_turn, turn=previous_assistant))
         is_answer = message.role == "assistant"
-        pieces.append(Piece(f"{message.metadata}\n{message.content}", train=is_answer, turn=index if is_answer else -1))
+        pieces.append(
+            Piece(f"{message.metadata}\n{message.content}", train=is_answer, turn=index if is_answer else -1)
+        )
         previous_assistant = index if is_answer else -1
     if previous_assistant >= 0:
         pieces.append(Piece("<|user|>", special=True, train=True, turn=previous_assistant))
@@ -83,9 +85,20 @@ GLM4 = Family(
     name="glm4",
     title="GLM-4 (glm-4-9b-chat-hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
     special_tokens=(
-        "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-        "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
-        "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+        "<|endoftext|>",
+        "[MASK]",
+        "[gMASK]",
+        "[sMASK]",
+        "<sop>",
+        "<eop>",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|observation|>",
+        "<|begin_of_image|>",
+        "<|end_of_image|>",
+        "<|begin_of_video|>",
+        "<|end_of_video|>",
     ),
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
@@ -104,7 +117,9 @@ def get_family(name: str) -> Family:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UsageError(f"model.family: unknown family {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise UsageError(
+            f"model.family: unknown family {name!r}; known: {', '.join(sorted(REGISTRY))}"
+        ) from None
 
 
 def detect_family(folder: Path) -> Family:

@@ -18,8 +18,16 @@ from glmtune.errors import UsageError
 from glmtune.families import ROLES, Message
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "observation": "observation", "function_call": "assistant", "tool": "observation"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "observation": "observation",
+    "function_call": "assistant",
+    "tool": "observation",
+}
 MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
 
 
@@ -42,11 +50,15 @@ def data_files(paths: list[str], key: str) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UsageError(f"{key}: data file {path} not found; check the path (relative paths are read from the recipe's folder)")
+            raise UsageError(
+                f"{key}: data file {path} not found; check the path (relative paths are read from the recipe's folder)"
+            )
     return files
 
 
-def read_examples(paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None) -> list[Example]:
+def read_examples(
+    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+) -> list[Example]:
     examples = []
     for file in data_files(paths, key):
         file_format = fmt
@@ -68,7 +80,9 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it") from None
+                raise UsageError(
+                    f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it"
+                ) from None
             yield origin, _as_record(record, origin)
         return
     try:
@@ -104,11 +118,15 @@ def detect_format(record: Mapping[str, Any], origin: str) -> str:
 
 def _fill(value: Any, variables: Mapping[str, str], origin: str) -> Any:
     if isinstance(value, str):
+
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in variables:
-                raise UsageError(f"{origin}: placeholder {{{{{name}}}}} has no value; add {name} = \"...\" under [data.variables]")
+                raise UsageError(
+                    f'{origin}: placeholder {{{{{name}}}}} has no value; add {name} = "..." under [data.variables]'
+                )
             return variables[name]
+
         return PLACEHOLDER.sub(substitute, value)
     if isinstance(value, list):
         return [_fill(v, variables, origin) for v in value]
@@ -118,7 +136,12 @@ def _fill(value: Any, variables: Mapping[str, str], origin: str) -> Any:
 
 
 def to_messages(record: Mapping[str, Any], fmt: str, origin: str, system: str | None) -> list[Message]:
-    builders = {"alpaca": _alpaca, "context_target": _context_target, "messages": _messages, "sharegpt": _sharegpt}
+    builders = {
+        "alpaca": _alpaca,
+        "context_target": _context_target,
+        "messages": _messages,
+        "sharegpt": _sharegpt,
+    }
     messages = builders[fmt](record, origin)
     if system and not any(m.role == "system" for m in messages):
         messages.insert(0, Message("system", system))
@@ -158,13 +181,18 @@ def _alpaca(record: Mapping[str, Any], origin: str) -> list[Message]:
 
 def _context_target(record: Mapping[str, Any], origin: str) -> list[Message]:
     context = _field(record, "context", origin, "context_target")
-    return [Message("user", context), Message("assistant", _field(record, "target", origin, "context_target"))]
+    return [
+        Message("user", context),
+        Message("assistant", _field(record, "target", origin, "context_target")),
+    ]
 
 
 def _turns(record: Mapping[str, Any], origin: str, fmt: str) -> list[Any]:
     turns = record.get("messages", record.get("conversations"))
     if not isinstance(turns, list) or not turns:
-        raise UsageError(f"{origin}: missing field 'messages' (or 'conversations'), a non-empty list (format {fmt})")
+        raise UsageError(
+            f"{origin}: missing field 'messages' (or 'conversations'), a non-empty list (format {fmt})"
+        )
     return turns
 
 
@@ -187,6 +215,8 @@ def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
             raise UsageError(f"{origin}: each sharegpt turn needs 'from' and 'value'")
         role = SHAREGPT_ROLES.get(turn["from"])
         if role is None:
-            raise UsageError(f"{origin}: unknown sharegpt speaker {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+            raise UsageError(
+                f"{origin}: unknown sharegpt speaker {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}"
+            )
         messages.append(Message(role, str(turn["value"])))
     return messages

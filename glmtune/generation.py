@@ -16,8 +16,15 @@ def stop_token_ids(family: Family, tokenizer) -> list[int]:
     return [special_token_id(tokenizer, name) for name in family.stop_tokens]
 
 
-def generate_answers(model, tokenizer, family: Family, conversations: Sequence[Sequence[Message]],
-                     settings: dict[str, Any], batch_size: int = 8, streamer=None) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    family: Family,
+    conversations: Sequence[Sequence[Message]],
+    settings: dict[str, Any],
+    batch_size: int = 8,
+    streamer=None,
+) -> list[str]:
     """One answer per conversation (each ends with a user or observation message)."""
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
@@ -27,7 +34,9 @@ def generate_answers(model, tokenizer, family: Family, conversations: Sequence[S
     return answers
 
 
-def _generate_batch(model, tokenizer, family: Family, prompts: list[list[int]], settings: dict[str, Any], streamer) -> list[str]:
+def _generate_batch(
+    model, tokenizer, family: Family, prompts: list[list[int]], settings: dict[str, Any], streamer
+) -> list[str]:
     import torch
 
     width = max(len(p) for p in prompts)
@@ -36,6 +45,12 @@ def _generate_batch(model, tokenizer, family: Family, prompts: list[list[int]], 
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.no_grad():
-        output = model.generate(input_ids=input_ids, attention_mask=attention, eos_token_id=stop_token_ids(family, tokenizer),
-                                pad_token_id=pad, streamer=streamer, **settings)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            eos_token_id=stop_token_ids(family, tokenizer),
+            pad_token_id=pad,
+            streamer=streamer,
+            **settings,
+        )
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]

@@ -4,12 +4,15 @@ The ChatGLM checkpoints ship `tokenization_chatglm.py` (remote code) that breaks
 original tokenizer FILES directly and builds a `tokenizers` pipeline wrapped in `transformers.PreTrainedTokenizerFast`
 whose ids equal the original tokenizer's ids for text, with every special token at its original id:
 
-- ``chatglm``  (ChatGLM-6B v1, ``ice_text.model``): SentencePiece unigram with ``nmt_nfkc`` normalization. The original
-  code replaces ``\\n`` -> ``<n>``, ``\\t`` -> ``<|tab|>`` and runs of 2-80 spaces -> ``<|blank_N|>`` before calling
-  SentencePiece; here those are `Replace` normalizers placed before the precompiled NFKC charsmap, and the replacement
-  pieces are (non-special) added tokens so they are always matched whole, as SentencePiece matches user-defined pieces.
-  Text ids are offset by ``num_image_tokens`` from tokenizer_config.json (the published config says 0; the code's
-  default, used when the key is absent, is 20000).
+- ``chatglm`` (ChatGLM-6B v1, ``ice_text.model``): SentencePiece unigram with ``nmt_nfkc`` normalization. The original
+  ``SPTokenizer`` replaces ``\\n`` -> ``<n>``, ``\\t`` -> ``<|tab|>`` and runs of 2-80 spaces -> ``<|blank_N|>`` before
+  SentencePiece; here those are `Replace` normalizers ahead of the charsmap, and a `Split` pre-tokenizer isolates the
+  user-defined pieces as SentencePiece does. Ids are offset by ``num_image_tokens`` from tokenizer_config.json (the
+  published config says 0, so ``[gMASK]`` = piece 130001; the code's default, used when the key is absent, is 20000).
+  `tokenizers`' Precompiled charsmap normalizer differs from SentencePiece's on composed/decomposed marks, so NFKC runs
+  first (see `_sp_charsmap_steps`); ids still differ only for combining-mark sequences that NFKC reorders or composes
+  and SentencePiece keeps as they are (marks out of canonical order, a mark on a compatibility character, U+0338 right
+  after a newline/tab/space run) and for text containing the last private-use characters of plane 16 (placeholders).
 - ``chatglm2`` / ``chatglm3`` (``tokenizer.model``): SentencePiece BPE (identity normalizer, dummy prefix, byte
   fallback) rebuilt as a `tokenizers` BPE with merges ordered by piece score; special tokens follow the 64,789 pieces.
 - ``glm4`` (GLM-4-9B-chat, ``tokenizer.model`` = tiktoken rank file): byte-level BPE with the tiktoken split regex, merges
@@ -46,9 +49,7 @@ VOCAB_FILES = {
 }
 
 # tiktoken split pattern of GLM-4 (tokenization_chatglm.py of THUDM/glm-4-9b-chat).
-GLM4_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+GLM4_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 # Special tokens appended after the SentencePiece pieces by ChatGLM2/3's SPTokenizer, in id order.
 CHATGLM2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
@@ -121,20 +122,47 @@ class SpModel:
     escape_whitespaces: bool = True
 
 
+def _sp_piece(message: bytes) -> tuple[str, float, int]:
+    """One `SentencePiece` message: (piece, score, type); inlined for the common one-byte keys (130k pieces)."""
+    piece, score, kind = "", 0.0, _NORMAL
+    i, end = 0, len(message)
+    while i < end:
+        key = message[i]
+        if key == 0x0A:  # 1: piece (string)
+            size, i = _varint(message, i + 1)
+            piece, i = message[i : i + size].decode("utf-8"), i + size
+        elif key == 0x15:  # 2: score (float)
+            score, i = struct.unpack_from("<f", message, i + 1)[0], i + 5
+        elif key == 0x18:  # 3: type (enum)
+            kind, i = _varint(message, i + 1)
+        else:  # unknown field: parse generically
+            for number, value in _proto_fields(message):
+                if number == 1 and isinstance(value, bytes):
+                    piece = value.decode("utf-8")
+                elif number == 2 and isinstance(value, bytes):
+                    score = struct.unpack("<f", value)[0]
+                elif number == 3 and isinstance(value, int):
+                    kind = value
+            break
+    return piece, score, kind
+
+
 def read_sp_model(path: Path) -> SpModel:
     """Parse a SentencePiece ``.model`` file (fields per sentencepiece_model.proto, defaults as proto2 declares)."""
+    try:
+        model = _parse_sp_model(Path(path).read_bytes())
+    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise UsageError(f"{path}: not a SentencePiece model file ({exc})") from exc
+    if not model.pieces:
+        raise UsageError(f"{path}: not a SentencePiece model file (no pieces)")
+    return model
+
+
+def _parse_sp_model(data: bytes) -> SpModel:
     model = SpModel()
-    for number, value in _proto_fields(path.read_bytes()):
+    for number, value in _proto_fields(data):
         if number == 1 and isinstance(value, bytes):  # SentencePiece
-            piece, score, kind = "", 0.0, _NORMAL
-            for n, v in _proto_fields(value):
-                if n == 1 and isinstance(v, bytes):
-                    piece = v.decode("utf-8")
-                elif n == 2 and isinstance(v, bytes):
-                    score = struct.unpack("<f", v)[0]
-                elif n == 3 and isinstance(v, int):
-                    kind = v
-            model.pieces.append((piece, score, kind))
+            model.pieces.append(_sp_piece(value))
         elif number == 2 and isinstance(value, bytes):  # TrainerSpec
             for n, v in _proto_fields(value):
                 if n == 3 and isinstance(v, int):
@@ -190,7 +218,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _num_image_tokens(folder: Path) -> int:
-    value = _read_json(Path(folder) / "tokenizer_config.json").get("num_image_tokens", CHATGLM_DEFAULT_IMAGE_TOKENS)
+    value = _read_json(Path(folder) / "tokenizer_config.json").get(
+        "num_image_tokens", CHATGLM_DEFAULT_IMAGE_TOKENS
+    )
     return int(value)
 
 
@@ -236,7 +266,10 @@ def _tiktoken_encoding(path: str) -> Any:
     import tiktoken
 
     return tiktoken.Encoding(
-        name=f"glm4:{path}", pat_str=GLM4_PATTERN, mergeable_ranks=_load_tiktoken_ranks(Path(path)), special_tokens={}
+        name=f"glm4:{path}",
+        pat_str=GLM4_PATTERN,
+        mergeable_ranks=_load_tiktoken_ranks(Path(path)),
+        special_tokens={},
     )
 
 
@@ -284,12 +317,14 @@ def _sp_bpe_merges(pieces: list[tuple[str, float, int]]) -> list[tuple[str, str]
     return [(left, right) for *_, left, right in merges]
 
 
-def _build_sp_bpe(model: SpModel) -> Any:
+def _build_sp_bpe(model: SpModel, path: Path) -> Any:
     from tokenizers import Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
 
     if model.model_type != 2 or not model.add_dummy_prefix or model.remove_extra_whitespaces:
-        raise UsageError("tokenizer.model: expected a SentencePiece BPE model as ChatGLM2/3 ship (identity normalizer)")
+        raise UsageError(
+            f"{path}: expected a SentencePiece BPE model without whitespace removal (ChatGLM2/3)"
+        )
     vocab = {piece: i for i, (piece, _, _) in enumerate(model.pieces)}
     unk = model.pieces[model.unk_id][0]
     tok = Tokenizer(
@@ -304,13 +339,70 @@ def _build_sp_bpe(model: SpModel) -> Any:
     return tok
 
 
-def _build_chatglm_unigram(model: SpModel, num_image_tokens: int) -> tuple[Any, list[str]]:
-    """ChatGLM-6B v1 as a `tokenizers` Unigram; returns the tokenizer and its user-defined pieces."""
+# Private-use characters (plane 16) that stand in for characters NFKC must not touch (see `_sp_charsmap_steps`).
+_PLACEHOLDER_BASE = 0x10FFFD
+
+
+def _sp_charsmap_steps(charsmap: bytes) -> list[Any]:
+    """Normalizers equal to SentencePiece's precompiled charsmap on text, as far as `tokenizers` allows.
+
+    `tokenizers`' `Precompiled` looks graphemes up whole and keeps the SHORTEST trie match, where SentencePiece keeps
+    the LONGEST match at each position. Alone it drops or mis-composes marks: half-width kana with (semi-)voiced marks
+    ("ﾊﾟ" -> "ハ" instead of "パ"), text in NFD (Vietnamese "ệ" as e + U+0323 + U+0302 loses its circumflex), a combining
+    mark after a space-like character. Running NFKC first hands it composed text, on which every multi-character key
+    of the nmt_nfkc map gives SentencePiece's result; space-like characters are mapped to " " before NFKC; the few
+    characters the charsmap deliberately leaves alone but NFKC would change (U+FF5E FULLWIDTH TILDE, ...) are hidden
+    from NFKC behind private-use placeholders.
+    """
+    import unicodedata
+
+    from tokenizers import Regex, normalizers
+
+    precompiled = normalizers.Precompiled(charsmap)
+    nfkc = normalizers.NFKC()
+    space_like = [
+        chr(c)
+        for c in range(0x10000)
+        if (unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf") or chr(c) in "\u2581\ufffd")
+        and not 0xD800 <= c < 0xE000
+        and chr(c) != " "
+        and precompiled.normalize_str(chr(c)) == " "
+    ]
+    changed_by_nfkc = (
+        chr(c)
+        for c in range(0x40000)
+        if not 0xD800 <= c < 0xE000 and unicodedata.normalize("NFKC", chr(c)) != chr(c)
+    )
+    exceptions = [  # alone, and after a letter (U+0344 decomposes into marks that NFKC composes with the letter)
+        c
+        for c in changed_by_nfkc
+        if any(
+            precompiled.normalize_str(nfkc.normalize_str(s)) != precompiled.normalize_str(s)
+            for s in (c, "a" + c)
+        )
+    ]
+    steps: list[Any] = []
+    if space_like:
+        steps.append(normalizers.Replace(Regex("[" + "".join(_regex_char(c) for c in space_like) + "]"), " "))
+    placeholders = [chr(_PLACEHOLDER_BASE - i) for i in range(len(exceptions))]
+    steps += [normalizers.Replace(c, p) for c, p in zip(exceptions, placeholders)]
+    steps.append(nfkc)
+    steps += [normalizers.Replace(p, c) for c, p in zip(exceptions, placeholders)]
+    steps.append(precompiled)
+    return steps
+
+
+def _regex_char(char: str) -> str:
+    return f"\\x{{{ord(char):X}}}"
+
+
+def _build_chatglm_unigram(model: SpModel, num_image_tokens: int, path: Path) -> Any:
+    """ChatGLM-6B v1 (``SPTokenizer.encode``) as a `tokenizers` Unigram."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import Unigram
 
     if model.model_type != 1:
-        raise UsageError("ice_text.model: expected a SentencePiece unigram model as ChatGLM-6B ships")
+        raise UsageError(f"{path}: expected a SentencePiece unigram model (ChatGLM-6B ice_text.model)")
     vocab: list[tuple[str, float]] = [(f"<image_{i}>", _NEVER_SCORE) for i in range(num_image_tokens)]
     user_defined: list[str] = []
     for piece, score, kind in model.pieces:
@@ -322,7 +414,7 @@ def _build_chatglm_unigram(model: SpModel, num_image_tokens: int) -> tuple[Any, 
     steps: list[Any] = [normalizers.Replace("\n", "<n>"), normalizers.Replace("\t", "<|tab|>")]
     steps += [normalizers.Replace(" " * n, f"<|blank_{n}|>") for n in range(CHATGLM_MAX_BLANK, 1, -1)]
     if model.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(model.precompiled_charsmap))
+        steps += _sp_charsmap_steps(model.precompiled_charsmap)
     if model.remove_extra_whitespaces:
         steps += [normalizers.Replace(Regex("^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     if model.add_dummy_prefix:
@@ -337,11 +429,16 @@ def _build_chatglm_unigram(model: SpModel, num_image_tokens: int) -> tuple[Any, 
         alternatives = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(alternatives), behavior="isolated", invert=False)
 
-    dec: list[Any] = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    dec: list[Any] = [
+        decoders.Replace("▁", " "),
+        decoders.ByteFallback(),
+        decoders.Fuse(),
+        decoders.Strip(" ", 1, 0),
+    ]
     dec += [decoders.Replace("<n>", "\n"), decoders.Replace("<|tab|>", "\t")]
     dec += [decoders.Replace(f"<|blank_{n}|>", " " * n) for n in range(2, CHATGLM_MAX_BLANK + 1)]
     tok.decoder = decoders.Sequence(dec)
-    return tok, user_defined
+    return tok
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -357,26 +454,24 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _build_tiktoken_bpe(ranks: dict[bytes, int]) -> Any:
+def _build_tiktoken_bpe(ranks: dict[bytes, int], path: Path) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
-    table = _bytes_to_unicode()
-
-    def to_str(token: bytes) -> str:
-        return "".join(table[b] for b in token)
-
+    translation = {i: char for i, char in _bytes_to_unicode().items()}
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise UsageError("tokenizer.model: tiktoken ranks are not 0..N-1 without gaps")
-    vocab = {to_str(token): rank for token, rank in ranks.items()}
-    merges: list[tuple[int, int, int, bytes, bytes]] = []
+        raise UsageError(f"{path}: tiktoken ranks are not 0..N-1 without gaps")
+    names = {token: token.decode("latin-1").translate(translation) for token in ranks}
+    merges: list[tuple[int, int, int, str, str]] = []
     for token, rank in ranks.items():
         for cut in range(1, len(token)):
             left, right = token[:cut], token[cut:]
             if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], left, right))
+                merges.append((rank, ranks[left], ranks[right], names[left], names[right]))
     merges.sort()
-    model = BPE(vocab=vocab, merges=[(to_str(a), to_str(b)) for *_, a, b in merges], fuse_unk=False)
+    model = BPE(
+        vocab={names[t]: r for t, r in ranks.items()}, merges=[(a, b) for *_, a, b in merges], fuse_unk=False
+    )
     model.ignore_merges = True  # tiktoken: a pre-token that is itself in the vocabulary is one token
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -394,9 +489,12 @@ def _build_tiktoken_bpe(ranks: dict[bytes, int]) -> Any:
 
 
 def _add_specials_at(tok: Any, specials: list[Any], first_id: int) -> None:
-    """Append special tokens and check each lands on its original id."""
-    if tok.get_vocab_size(with_added_tokens=True) != first_id:
-        raise UsageError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, expected {first_id}")
+    """Append special tokens after the model vocabulary and check each lands on its original id."""
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size != first_id:
+        raise UsageError(
+            f"tokenizer vocabulary has {size} tokens; the special tokens must start at id {first_id}"
+        )
     tok.add_special_tokens(specials)
     for offset, token in enumerate(specials):
         got = tok.token_to_id(token.content)
@@ -404,62 +502,78 @@ def _add_specials_at(tok: Any, specials: list[Any], first_id: int) -> None:
             raise UsageError(f"special token {token.content!r} got id {got}, expected {first_id + offset}")
 
 
-def _glm4_specials(folder: Path, n_ranks: int) -> list[tuple[int, str]]:
-    decoder = _read_json(Path(folder) / "tokenizer_config.json").get("added_tokens_decoder") or {}
-    if decoder:
-        return sorted((int(i), str(entry["content"])) for i, entry in decoder.items())
-    return [(n_ranks + i, token) for i, token in enumerate(GLM4_SPECIALS)]
+def _glm4_specials(folder: Path, n_ranks: int) -> list[str]:
+    """GLM-4 special tokens in id order: tokenizer_config.json's added_tokens_decoder, else the remote code's list."""
+    config_path = Path(folder) / "tokenizer_config.json"
+    decoder = _read_json(config_path).get("added_tokens_decoder") or {}
+    if not decoder:
+        return list(GLM4_SPECIALS)
+    try:
+        entries = sorted((int(i), str(entry["content"])) for i, entry in decoder.items())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{config_path}: added_tokens_decoder entries need an integer id and a 'content'"
+        ) from exc
+    if [i for i, _ in entries] != list(range(n_ranks, n_ranks + len(entries))):
+        raise UsageError(
+            f"{config_path}: added_tokens_decoder ids must follow the {n_ranks} ranks without gaps"
+        )
+    return [content for _, content in entries]
 
 
 def load_original_tokenizer(folder: Path, family: str) -> PreTrainedTokenizerBase:
     """A `PreTrainedTokenizerFast` equivalent to the original GLM tokenizer in `folder` (no remote code).
 
+    `family` is one of ``chatglm`` (ChatGLM-6B v1), ``chatglm2``, ``chatglm3``, ``glm4`` (GLM-4-9B-chat remote layout).
     Special tokens are registered as additional special tokens at their original ids; eos/pad/unk are set as the
-    original sets them; no prefix tokens are added by ``encode``. Encode with ``split_special_tokens=True`` to treat
-    special-token strings inside text as plain text (as the original ``encode`` does). Saves with ``save_pretrained``
-    and reloads with plain ``AutoTokenizer.from_pretrained``.
+    original sets them; ``encode`` adds no prefix tokens (``[gMASK]``, ``sop``): callers add them. Special-token strings
+    in text map to their ids by default (what a chat template needs); encode with ``split_special_tokens=True`` to
+    treat them as plain text, as the original ``encode`` does with user content. ChatGLM2/3's bare-word ``sop`` /
+    ``eop`` only match as whole words, so "Aesop" stays text. The result saves with ``save_pretrained`` and reloads
+    with plain ``AutoTokenizer.from_pretrained`` (no remote code). Raises `UsageError` naming a missing file.
     """
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
     path = _vocab_path(folder, family)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any]
     if family == "glm4":
         ranks = _load_tiktoken_ranks(path)
-        tok = _build_tiktoken_bpe(ranks)
-        specials = _glm4_specials(folder, len(ranks))
-        _add_specials_at(
-            tok, [AddedToken(t, special=True, normalized=False) for _, t in specials], specials[0][0] if specials else 0
-        )
-        if [i for i, _ in specials] != list(range(len(ranks), len(ranks) + len(specials))):
-            raise UsageError(f"{folder / 'tokenizer_config.json'}: special token ids must follow the {len(ranks)} ranks")
-        names = [t for _, t in specials]
-        kwargs.update(eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None)
+        tok = _build_tiktoken_bpe(ranks, path)
+        names = _glm4_specials(folder, len(ranks))
+        _add_specials_at(tok, [AddedToken(t, special=True, normalized=False) for t in names], len(ranks))
+        kwargs = {
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "bos_token": None,
+        }
     elif family in ("chatglm2", "chatglm3"):
         model = read_sp_model(path)
-        tok = _build_sp_bpe(model)
+        tok = _build_sp_bpe(model, path)
         names = list(CHATGLM3_SPECIALS if family == "chatglm3" else CHATGLM2_SPECIALS)
-        # `sop` / `eop` are bare words: only match them as whole words so "Aesop" or "people" stay text.
-        added = [AddedToken(t, special=True, normalized=False, single_word=t in ("sop", "eop")) for t in names]
+        added = [
+            AddedToken(t, special=True, normalized=False, single_word=t in ("sop", "eop")) for t in names
+        ]
         _add_specials_at(tok, added, len(model.pieces))
         unk = model.pieces[model.unk_id][0]
-        kwargs.update(eos_token="</s>", pad_token=unk, unk_token=unk, bos_token=None)
+        kwargs = {"eos_token": "</s>", "pad_token": unk, "unk_token": unk, "bos_token": None}
     else:
         model = read_sp_model(path)
-        offset = _num_image_tokens(folder)
-        tok, _ = _build_chatglm_unigram(model, offset)
-        names = [t for t in CHATGLM_SPECIALS if t not in ("[MASK]", "<sop>", "<eop>")]
+        tok = _build_chatglm_unigram(model, _num_image_tokens(folder), path)
+        # The special tokens are control pieces of ice_text.model, already in the vocabulary at their ids.
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATGLM_SPECIALS])
-        kwargs.update(bos_token="<sop>", eos_token="<eop>", mask_token="[MASK]", pad_token="<pad>", unk_token="<unk>")
+        names = [t for t in CHATGLM_SPECIALS if t not in ("[MASK]", "<sop>", "<eop>")]
+        kwargs = {"bos_token": "<sop>", "eos_token": "<eop>", "mask_token": "[MASK]", "pad_token": "<pad>",
+                  "unk_token": "<unk>"}  # fmt: skip
     max_length = _model_max_length(folder)
     if max_length is not None:
         kwargs["model_max_length"] = max_length
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         extra_special_tokens=names,
         clean_up_tokenization_spaces=False,
         padding_side="left",
         **kwargs,
     )
-    return fast

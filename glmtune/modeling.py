@@ -19,14 +19,24 @@ log = logging.getLogger(__name__)
 
 
 def quiet_libraries() -> None:
-    """Progress bars and banners of the libraries would interleave with ours."""
+    """Progress bars, banners and deprecation chatter of the libraries would interleave with our output."""
+    import os
+    import warnings
+
+    import torch
+
+    # bitsandbytes warns at import about an optional kernel package; DeepSpeed warns that it fell back to the CPU.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # states the fact DeepSpeed would otherwise warn about
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
 def resolve_model_path(path: str, key: str = "model.path") -> Path:
@@ -36,11 +46,15 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
         return builtin_path(path.removeprefix("builtin:"))
     folder = Path(path)
     if not folder.is_dir():
-        raise UsageError(f"{key}: {path} is not a folder; point it at a local model folder you downloaded (glmtune never downloads)")
+        raise UsageError(
+            f"{key}: {path} is not a folder; point it at a local model folder you downloaded (glmtune never downloads)"
+        )
     if is_run_dir(folder):
         return folder
     if not (folder / "config.json").is_file():
-        raise UsageError(f"{key}: {path} has no config.json; it is not a model folder or glmtune run directory")
+        raise UsageError(
+            f"{key}: {path} has no config.json; it is not a model folder or glmtune run directory"
+        )
     return folder
 
 
@@ -52,7 +66,9 @@ def torch_dtype(name: str):
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
     return getattr(torch, name)
 
 
@@ -64,8 +80,14 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(folder: Path, *, dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False,
-               quantization_config: Any = None):
+def load_model(
+    folder: Path,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    quantization_config: Any = None,
+):
     from transformers import AutoModelForCausalLM
 
     has_safetensors = any(folder.glob("*.safetensors"))
@@ -90,11 +112,15 @@ def lora_target_modules(model, family: Family, requested: list[str] | str) -> li
     model_type = model.config.model_type
     if requested == "auto":
         if model_type not in family.lora_targets:
-            raise UsageError(f"lora.targets: no default targets for model_type {model_type!r}; list them in lora.targets")
+            raise UsageError(
+                f"lora.targets: no default targets for model_type {model_type!r}; list them in lora.targets"
+            )
         targets = list(family.lora_targets[model_type])
     else:
         targets = list(requested)
-    linear_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module, torch)}
+    linear_names = {
+        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module, torch)
+    }
     missing = [t for t in targets if t not in linear_names]
     if missing:
         raise UsageError(
@@ -124,7 +150,9 @@ def load_for_inference(source: Path, *, dtype: str = "float32", merge: bool = Fa
     if is_run_dir(source):
         return _load_run(source, dtype=dtype, merge=merge)
     if not (source / "config.json").is_file():
-        raise UsageError(f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)")
+        raise UsageError(
+            f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
+        )
     model = load_model(source, dtype=dtype)
     model.eval()
     return Loaded(model, load_tokenizer(source), detect_family(source), source, None)
@@ -139,7 +167,9 @@ def _load_run(run_dir: Path, *, dtype: str, merge: bool) -> Loaded:
     elif run.get("weights") == "adapter":
         model = load_base_with_adapter(run, run_dir, dtype=dtype, merge=merge)
     else:
-        raise UsageError(f"{run_dir}: this run has no trained weights yet (status {run.get('status')!r}); run glmtune train first")
+        raise UsageError(
+            f"{run_dir}: this run has no trained weights yet (status {run.get('status')!r}); run glmtune train first"
+        )
     model.eval()
     return Loaded(model, tokenizer, family, run_dir, run)
 
@@ -154,7 +184,11 @@ def base_model_folder(run: dict[str, Any]) -> Path:
 def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, merge: bool):
     from peft import PeftModel
 
-    base = load_model(base_model_folder(run), dtype=dtype, allow_pickle=run.get("allow_pickle", False),
-                      trust_remote_code=run.get("trust_remote_code", False))
+    base = load_model(
+        base_model_folder(run),
+        dtype=dtype,
+        allow_pickle=run.get("allow_pickle", False),
+        trust_remote_code=run.get("trust_remote_code", False),
+    )
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     return model.merge_and_unload() if merge else model

@@ -65,16 +65,26 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
     columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     counts = {"truncated": 0, "dropped": 0}
     for example in examples:
-        sample = render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                               overlong=data.overlong, mask_history=data.mask_history)
+        sample = render_sample(
+            example.messages,
+            family,
+            tokenizer,
+            max_length=data.max_length,
+            overlong=data.overlong,
+            mask_history=data.mask_history,
+        )
         if sample.status != "ok":
             counts[sample.status] += 1
         if sample.status == "dropped":
             continue
         columns["input_ids"].append(sample.ids)
-        columns["labels"].append([t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)])
+        columns["labels"].append(
+            [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
+        )
     if not columns["input_ids"]:
-        raise UsageError(f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it")
+        raise UsageError(
+            f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it"
+        )
     return Dataset.from_dict(columns), _stats(columns, len(examples), counts)
 
 
@@ -138,6 +148,8 @@ def prepare_run(recipe, show: int = 0) -> Prepared:
     for index in range(min(show, len(prepared.splits["train"]))):
         row = prepared.splits["train"][index]
         mask = [label != IGNORE_INDEX for label in row["labels"]]
-        term.out(f"[bold]sample {index}[/] ({len(row['input_ids'])} tokens, {sum(mask)} trained)", markup=True)
+        term.out(
+            f"[bold]sample {index}[/] ({len(row['input_ids'])} tokens, {sum(mask)} trained)", markup=True
+        )
         term.out(render_markup(row["input_ids"], mask, tokenizer), markup=True)
     return prepared

@@ -8,10 +8,10 @@ recipe can live in another folder than the team recipe that extends it.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from glmtune.errors import UsageError
@@ -30,7 +30,9 @@ class RunSection(Section):
 class ModelSection(Section):
     path: str  # local folder, a glmtune run folder, or "builtin:tiny-glm4" / "builtin:tiny-glm"
     family: str = "auto"  # auto-detected from the folder; or a registered family name
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
+        "auto"  # auto: bf16 on a GPU that has it, else fp32
+    )
     trust_remote_code: bool = False  # never on unless asked
     allow_pickle: bool = False  # load *.bin (pickle) weights; off means safetensors only
 
@@ -118,7 +120,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
         if self.launch.quantize != "none" and self.method.kind != "lora":
-            raise ValueError("launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)")
+            raise ValueError(
+                "launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,7 +185,9 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
 
 
 def _resolve_one(value: str, folder: Path) -> str:
-    if ":" in value.split("/")[0] or Path(value).is_absolute():  # "builtin:..." and absolute paths stay as they are
+    if (
+        ":" in value.split("/")[0] or Path(value).is_absolute()
+    ):  # "builtin:..." and absolute paths stay as they are
         return value
     return str((folder / value).resolve())
 
@@ -219,7 +225,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     location = [str(part) for part in error["loc"]]
     dotted = ".".join(location) or "(top level)"
     if error["type"] == "extra_forbidden":

@@ -28,7 +28,9 @@ def special_token_id(tokenizer, name: str) -> int:
     """The id of special token `name`; fails with a message naming it rather than guessing."""
     token_id = tokenizer.convert_tokens_to_ids(name)
     if token_id is None or (token_id == tokenizer.unk_token_id and name != tokenizer.unk_token):
-        raise UsageError(f"the tokenizer has no special token {name!r}; is model.family right for this checkpoint?")
+        raise UsageError(
+            f"the tokenizer has no special token {name!r}; is model.family right for this checkpoint?"
+        )
     return token_id
 
 

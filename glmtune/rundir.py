@@ -29,7 +29,17 @@ from glmtune.errors import UsageError
 from glmtune.recipe import Recipe
 
 RUN_FILE = "run.json"
-LIBRARIES = ("glmtune", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "deepspeed", "bitsandbytes")
+LIBRARIES = (
+    "glmtune",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "deepspeed",
+    "bitsandbytes",
+)
 
 
 def run_dir_of(recipe: Recipe) -> Path:
@@ -44,7 +54,9 @@ def read_run(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path / RUN_FILE}: unreadable run description ({exc}); is this a glmtune run directory?") from None
+        raise UsageError(
+            f"{path / RUN_FILE}: unreadable run description ({exc}); is this a glmtune run directory?"
+        ) from None
 
 
 def write_run(path: Path, info: dict[str, Any]) -> None:
@@ -59,7 +71,10 @@ def update_run(path: Path, **changes: Any) -> None:
 
 
 def write_recipe(path: Path, recipe: Recipe) -> None:
-    atomic_write_text(path / "recipe.toml", "# Resolved recipe of this run (extends and --set applied).\n" + tomli_w.dumps(recipe.to_dict()))
+    atomic_write_text(
+        path / "recipe.toml",
+        "# Resolved recipe of this run (extends and --set applied).\n" + tomli_w.dumps(recipe.to_dict()),
+    )
 
 
 def new_run_info(recipe: Recipe, family: str, base_model: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,9 +24,7 @@ TINY_MODELS = {
 }
 
 # GLM-4's tiktoken split pattern: the tiny tokenizer pre-tokenizes text the same way the real one does.
-GLM4_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+GLM4_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 _CORPUS = """
 I am an AI assistant. I was developed to answer questions, write text, translate, summarise and help with code.
@@ -53,7 +52,9 @@ def builtin_path(name: str) -> Path:
     from glmtune.errors import UsageError
 
     if name not in TINY_MODELS:
-        raise UsageError(f"model.path: unknown builtin model 'builtin:{name}'; known: builtin:{', builtin:'.join(TINY_MODELS)}")
+        raise UsageError(
+            f"model.path: unknown builtin model 'builtin:{name}'; known: builtin:{', builtin:'.join(TINY_MODELS)}"
+        )
     target = cache_root() / "builtin" / f"{name}-v{BUILD_VERSION}"
     if (target / "config.json").is_file():
         return target
@@ -61,10 +62,10 @@ def builtin_path(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         build_tiny_model(name, staging)
-        try:
+        with contextlib.suppress(
+            OSError
+        ):  # another process finished the same build first; its copy is identical
             staging.rename(target)
-        except OSError:  # another process finished the same build first; its copy is identical
-            pass
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -42,8 +42,12 @@ def train(recipe: Recipe, *, dry_run: bool = False) -> Path:
     write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     term.table("data", *stats_rows(prepared.stats))
-    model = load_model(base, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                       allow_pickle=recipe.model.allow_pickle)
+    model = load_model(
+        base,
+        dtype=recipe.model.dtype,
+        trust_remote_code=recipe.model.trust_remote_code,
+        allow_pickle=recipe.model.allow_pickle,
+    )
     model = apply_method(model, recipe, family)
     update_run(run_dir, status="training")
     trainer = fit(model, tokenizer, prepared, recipe, run_dir)
@@ -66,12 +70,19 @@ def apply_method(model, recipe: Recipe, family: Family):
         term.step(f"full fine-tuning: {_count(model, trainable=True):,} trainable parameters")
         return model
     targets = lora_target_modules(model, family, recipe.lora.targets)
-    config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     wrapped = sum(1 for _, module in model.named_modules() if isinstance(module, LoraLayer))
-    term.step(f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
-              f"{_count(model, trainable=True):,} of {_count(model):,} parameters train")
+    term.step(
+        f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
+        f"{_count(model, trainable=True):,} of {_count(model):,} parameters train"
+    )
     return model
 
 
@@ -112,7 +123,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         load_best_model_at_end=t.keep_best,
         metric_for_best_model="eval_loss" if t.keep_best else None,
         greater_is_better=False if t.keep_best else None,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
@@ -138,7 +149,9 @@ def fit(model, tokenizer, prepared: Prepared, recipe: Recipe, run_dir: Path):
 
     eval_split = prepared.splits.get("eval")
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval=eval_split is not None)
-    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
+    )
     trainer = Trainer(
         model=model,
         args=args,
@@ -168,8 +181,11 @@ def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path) -> None:
 def _summary(history: list[dict[str, Any]], state) -> dict[str, Any]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    summary: dict[str, Any] = {"steps": state.global_step, "epochs": round(state.epoch or 0, 2),
-                               "tokens_seen": int(state.num_input_tokens_seen)}
+    summary: dict[str, Any] = {
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0, 2),
+        "tokens_seen": int(state.num_input_tokens_seen),
+    }
     if losses:
         summary |= {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
     if evals:
@@ -212,11 +228,19 @@ def _show_plan(recipe: Recipe, base: Path, family: Family, tokenizer) -> None:
         rows = stats_rows(prepared.stats)
     model = _meta_model(base, recipe)
     model = apply_method(model, recipe, family)
-    term.table("plan", ["", "value"], [
-        ["model", str(base)], ["family", family.title], ["architecture", model.config.model_type],
-        ["method", recipe.method.kind], ["trainable parameters", f"{_count(model, trainable=True):,}"],
-        ["total parameters", f"{_count(model):,}"], ["run directory", str(run_dir_of(recipe))],
-    ])
+    term.table(
+        "plan",
+        ["", "value"],
+        [
+            ["model", str(base)],
+            ["family", family.title],
+            ["architecture", model.config.model_type],
+            ["method", recipe.method.kind],
+            ["trainable parameters", f"{_count(model, trainable=True):,}"],
+            ["total parameters", f"{_count(model):,}"],
+            ["run directory", str(run_dir_of(recipe))],
+        ],
+    )
     term.table("data", *rows)
 
 
