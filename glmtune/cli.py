@@ -58,11 +58,14 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved recipe and plan; train nothing.")
     ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run from its latest complete checkpoint.")
+    ] = False,
 ) -> None:
     """Fine-tune with LoRA or full fine-tuning; writes a self-describing run directory."""
     from glmtune.train import train as run_training
 
-    run_training(_recipe(recipe, set_), dry_run=dry_run)
+    run_training(_recipe(recipe, set_), dry_run=dry_run, resume=resume)
 
 
 @app.command(epilog="Example: glmtune export runs/demo --out exports/demo")

@@ -45,6 +45,7 @@ class Family:
     eos_token: str
     pad_token: str
     stop_tokens: tuple[str, ...]  # generation stops on any of these; written into generation_config.json
+    fp16_safe: bool  # False where fp16 activations overflow (GLM-4): fp16 is refused unless forced
     layout: Layout  # (messages, add_generation_prompt) -> pieces
     chat_template: str  # Jinja equivalent of `layout`, for tokenizers that ship without one
     model_types: tuple[str, ...] = ()  # native transformers model_types that belong to this family
@@ -103,6 +104,7 @@ GLM4 = Family(
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),
+    fp16_safe=False,
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
     model_types=("glm", "glm4", "glm4_moe"),

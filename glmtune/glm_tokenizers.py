@@ -385,9 +385,9 @@ def _sp_charsmap_steps(charsmap: bytes) -> list[Any]:
     if space_like:
         steps.append(normalizers.Replace(Regex("[" + "".join(_regex_char(c) for c in space_like) + "]"), " "))
     placeholders = [chr(_PLACEHOLDER_BASE - i) for i in range(len(exceptions))]
-    steps += [normalizers.Replace(c, p) for c, p in zip(exceptions, placeholders)]
+    steps += [normalizers.Replace(c, p) for c, p in zip(exceptions, placeholders, strict=True)]
     steps.append(nfkc)
-    steps += [normalizers.Replace(p, c) for c, p in zip(exceptions, placeholders)]
+    steps += [normalizers.Replace(p, c) for c, p in zip(exceptions, placeholders, strict=True)]
     steps.append(precompiled)
     return steps
 
@@ -563,7 +563,13 @@ def load_original_tokenizer(folder: Path, family: str) -> PreTrainedTokenizerBas
         model = read_sp_model(path)
         tok = _build_chatglm_unigram(model, _num_image_tokens(folder), path)
         # The special tokens are control pieces of ice_text.model, already in the vocabulary at their ids.
+        size = tok.get_vocab_size()
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATGLM_SPECIALS])
+        missing = [t for t in CHATGLM_SPECIALS if tok.token_to_id(t) >= size]
+        if missing:
+            raise UsageError(
+                f"{path}: no pieces for the special tokens {missing}; is this ChatGLM-6B's ice_text.model?"
+            )
         names = [t for t in CHATGLM_SPECIALS if t not in ("[MASK]", "<sop>", "<eop>")]
         kwargs = {"bos_token": "<sop>", "eos_token": "<eop>", "mask_token": "[MASK]", "pad_token": "<pad>",
                   "unk_token": "<unk>"}  # fmt: skip

@@ -76,11 +76,38 @@ class TrainSection(Section):
     keep_best: bool = False  # reload the checkpoint with the lowest eval loss at the end
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # batches of similar length: less padding
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # logs under checkpoints/runs; metrics.jsonl, loss.png always
+
+
+ZERO_PRESETS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 
 
 class LaunchSection(Section):
-    strategy: Literal["single"] = "single"
-    quantize: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes base model, LoRA only
+    strategy: Literal["single", "deepspeed"] = "single"  # deepspeed: ZeRO over processes/GPUs/nodes
+    zero: str = "zero2"  # a preset (zero2, zero2_offload, zero3, zero3_offload) or a DeepSpeed JSON file
+    processes_per_node: int = Field(1, gt=0)  # GPUs per node (on a CPU-only machine: worker processes)
+    nodes: int = Field(1, gt=0)
+    hostfile: str | None = None  # DeepSpeed hostfile, required when nodes > 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, gt=0, lt=65536)
+    quantize: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes base model, single process LoRA only
+    gpu_memory_gb: float | None = Field(None, gt=0)  # per GPU; default: detected; plans that exceed it are refused
+    allow_fp16: bool = False  # fp16 overflows on GLM-4 families; only when forced
+
+    @model_validator(mode="after")
+    def _launch_combinations(self) -> LaunchSection:
+        problems = []
+        if self.strategy == "deepspeed" and self.zero not in ZERO_PRESETS and not self.zero.endswith(".json"):
+            problems.append(f"launch.zero: {self.zero!r} is neither a preset ({', '.join(ZERO_PRESETS)}) nor a .json file")
+        if self.quantize != "none" and self.strategy != "single":
+            problems.append("launch.quantize is for single-process LoRA: a quantized base cannot be sharded by ZeRO; use strategy = 'single'")
+        if self.nodes > 1 and not self.hostfile:
+            problems.append("launch.nodes > 1 needs launch.hostfile (DeepSpeed's hostfile listing the nodes)")
+        if self.nodes > 1 and self.strategy != "deepspeed":
+            problems.append("launch.nodes > 1 needs strategy = 'deepspeed'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class GenerationSection(Section):
@@ -130,7 +157,7 @@ class Recipe(Section):
 
 
 # Keys whose values are file paths: resolved against the folder of the TOML file that sets them.
-PATH_KEYS = {("data", "train"), ("data", "eval"), ("eval", "data"), ("model", "path")}
+PATH_KEYS = {("data", "train"), ("data", "eval"), ("eval", "data"), ("model", "path"), ("launch", "hostfile"), ("launch", "zero")}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -233,7 +260,7 @@ def _describe(error: Any) -> str:
     if error["type"] == "missing":
         return f"{dotted}: missing required key"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] in {"value_error", "assertion_error"} and not location:
+    if error["type"] in {"value_error", "assertion_error"} and (not location or message.startswith(location[0])):
         return message
     return f"{dotted}: {message} (got {error.get('input')!r})"
 

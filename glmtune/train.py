@@ -1,65 +1,110 @@
 """`glmtune train`: LoRA or full fine-tuning through transformers' Trainer, into a self-describing run directory.
 
-Reads top to bottom: `train` sets the run up (model, tokenizer, family, prepared data), `fit` runs the Trainer,
-`save_outputs` writes the weights, tokenizer and a final run.json. `--dry-run` stops after the plan.
+Reads top to bottom: `train` checks the plan and sets the run directory up (resolved recipe, run.json, prepared
+data), then trains here or re-executes itself as DeepSpeed workers; `train_here` (run by every worker) builds the
+Trainer, `fit` runs it, `save_outputs` writes weights, tokenizer and the final run.json. `--dry-run` stops after
+printing the plan.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from glmtune.callbacks import CheckpointMarker, LossCurve, MetricsLog, NanWatchdog, latest_complete_checkpoint
 from glmtune.console import progress_callback, term
 from glmtune.errors import UsageError
 from glmtune.families import Family
-from glmtune.modeling import (
-    family_for,
-    load_model,
-    load_tokenizer,
-    lora_target_modules,
-    quiet_libraries,
-    resolve_model_path,
-)
+from glmtune.launch import deepspeed_config, estimate_memory, init_distributed, plan_launch, refuse_impossible, run_workers
+from glmtune.modeling import family_for, load_model, load_tokenizer, lora_target_modules, quiet_libraries, resolve_model_path
 from glmtune.prepare import Prepared, prepare_data, stats_rows
 from glmtune.recipe import Recipe
-from glmtune.rundir import new_run_info, run_dir_of, staged_dir, update_run, write_recipe, write_run
+from glmtune.rundir import new_run_info, read_run, replace_dir, run_dir_of, update_run, write_recipe, write_run
 
 
-def train(recipe: Recipe, *, dry_run: bool = False) -> Path:
+def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Path:
     quiet_libraries()
     run_dir = run_dir_of(recipe)
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
+    check_precision(recipe, family)
+    launch = plan_launch(recipe, run_dir, resume)
     if dry_run:
-        _show_plan(recipe, base, family, tokenizer)
+        show_plan(recipe, base, family, tokenizer, launch)
         return run_dir
-
-    write_recipe(run_dir, recipe)
-    write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
+    _check_memory(recipe, base, family)
+    if resume:
+        _check_resumable(run_dir, recipe)
+    else:
+        write_recipe(run_dir, recipe)
+        write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     term.table("data", *stats_rows(prepared.stats))
-    model = load_model(
-        base,
-        dtype=recipe.model.dtype,
-        trust_remote_code=recipe.model.trust_remote_code,
-        allow_pickle=recipe.model.allow_pickle,
-    )
-    model = apply_method(model, recipe, family)
-    update_run(run_dir, status="training")
-    trainer = fit(model, tokenizer, prepared, recipe, run_dir)
-    save_outputs(trainer, tokenizer, recipe, run_dir)
+    if launch.command:
+        term.step(f"launching {recipe.launch.processes_per_node * recipe.launch.nodes} DeepSpeed workers ({recipe.launch.zero})")
+        run_workers(launch)
+    else:
+        train_here(recipe, run_dir, resume)
     return run_dir
+
+
+def check_precision(recipe: Recipe, family: Family) -> None:
+    if recipe.model.dtype == "float16" and not family.fp16_safe and not recipe.launch.allow_fp16:
+        raise UsageError(
+            f"model.dtype: float16 overflows on {family.name} models (the loss turns NaN); use bfloat16 or float32, "
+            "or set launch.allow_fp16 = true to force it"
+        )
+
+
+def _check_memory(recipe: Recipe, base: Path, family: Family) -> None:
+    from glmtune.modeling import torch_dtype
+
+    if str(torch_dtype(recipe.model.dtype)) == "torch.float32" and not recipe.launch.gpu_memory_gb:
+        return  # CPU run: no GPU memory to plan for
+    model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
+    refuse_impossible(estimate_memory(model, recipe, _count(model, trainable=True), _count(model)), recipe)
+
+
+def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
+    if read_run(run_dir).get("method") != recipe.method.kind:
+        raise UsageError(f"{run_dir}: --resume needs the recipe this run started with (method differs)")
+    checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise UsageError(f"{run_dir}: no complete checkpoint to resume from; start the run again without --resume")
 
 
 def _loading_flags(recipe: Recipe) -> dict[str, Any]:
     return {"allow_pickle": recipe.model.allow_pickle, "trust_remote_code": recipe.model.trust_remote_code}
 
 
-def apply_method(model, recipe: Recipe, family: Family):
+def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
+    """Train in this process (single, or one DeepSpeed worker of several)."""
+    from glmtune.quantize import prepare_for_kbit_training, quantization_config
+
+    quiet_libraries()
+    init_distributed(recipe)
+    base = resolve_model_path(recipe.model.path)
+    family = family_for(base, recipe.model.family)
+    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
+    prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+    # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
+    args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
+    model = load_model(base, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
+                       allow_pickle=recipe.model.allow_pickle,
+                       quantization_config=quantization_config(recipe.launch.quantize, _torch_dtype(recipe)))
+    if recipe.launch.quantize != "none":
+        model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
+    model = apply_method(model, recipe, family)
+    if args.process_index == 0:
+        update_run(run_dir, status="training")
+    trainer = fit(model, tokenizer, prepared, args, run_dir, resume)
+    save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
+
+
+def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
     """Wrap the model for the recipe's method and report what will train."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -67,31 +112,32 @@ def apply_method(model, recipe: Recipe, family: Family):
 
     torch.manual_seed(recipe.run.seed)  # LoRA's initialisation is part of the run's reproducibility
     if recipe.method.kind == "full":
-        term.step(f"full fine-tuning: {_count(model, trainable=True):,} trainable parameters")
+        if not quiet:
+            term.step(f"full fine-tuning: {_count(model, trainable=True):,} trainable parameters")
         return model
     targets = lora_target_modules(model, family, recipe.lora.targets)
-    config = LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
+    config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                        target_modules=targets, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     wrapped = sum(1 for _, module in model.named_modules() if isinstance(module, LoraLayer))
-    term.step(
-        f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
-        f"{_count(model, trainable=True):,} of {_count(model):,} parameters train"
-    )
+    if not quiet:
+        term.step(f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
+                  f"{_count(model, trainable=True):,} of {_count(model):,} parameters train")
     return model
 
 
 def _count(model, trainable: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+    return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()
+               if p.requires_grad or not trainable)
+
+
+def _torch_dtype(recipe: Recipe):
+    from glmtune.modeling import torch_dtype
+
+    return torch_dtype(recipe.model.dtype)
 
 
 def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
-    import torch
     from transformers import TrainingArguments
 
     t = recipe.train
@@ -101,7 +147,8 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         raise UsageError("train.keep_best needs an eval split: set data.eval")
     if t.keep_best and eval_strategy != save_strategy:
         raise UsageError("train.keep_best needs train.save_steps equal to train.eval_steps (or neither set)")
-    dtype = _resolved_dtype(recipe)
+    dtype = str(_torch_dtype(recipe)).removeprefix("torch.")
+    ds_config = deepspeed_config(recipe)
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
@@ -127,50 +174,59 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not _has_cuda() and ds_config is None,
+        deepspeed=ds_config,
+        accelerator_config={"use_configured_state": True} if ds_config else None,
         seed=recipe.run.seed,
         data_seed=recipe.run.seed,
-        report_to=[],
+        report_to=list(t.report_to),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
     )
 
 
-def _resolved_dtype(recipe: Recipe) -> str:
-    from glmtune.modeling import torch_dtype
+def _has_cuda() -> bool:
+    import torch
 
-    return str(torch_dtype(recipe.model.dtype)).removeprefix("torch.")
+    return torch.cuda.is_available()
 
 
-def fit(model, tokenizer, prepared: Prepared, recipe: Recipe, run_dir: Path):
+def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False):
     """Run the Trainer; batches are padded to their longest sample (labels with -100), on the right."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
-    eval_split = prepared.splits.get("eval")
-    args = training_arguments(recipe, run_dir / "checkpoints", has_eval=eval_split is not None)
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=prepared.splits["train"],
-        eval_dataset=eval_split,
-        data_collator=collator,
-        callbacks=[progress_callback(), MetricsLog(run_dir / "metrics.jsonl")],
-    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    callbacks = [progress_callback(), MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
+                 NanWatchdog(), CheckpointMarker()]
+    trainer = Trainer(model=model, args=args, train_dataset=prepared.splits["train"],
+                      eval_dataset=prepared.splits.get("eval"), data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; our progress bar shows the same
-    trainer.train()
+    trainer.train(resume_from_checkpoint=_resume_point(run_dir) if resume else None)
     return trainer
 
 
-def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path) -> None:
+def _resume_point(run_dir: Path) -> str:
+    checkpoint, skipped = latest_complete_checkpoint(run_dir / "checkpoints")
+    for folder in skipped:
+        term.warn(f"ignoring incomplete checkpoint {folder.name} (interrupted while it was written)")
+    if checkpoint is None:
+        raise UsageError(f"{run_dir}: no complete checkpoint to resume from")
+    term.step(f"resuming from {checkpoint.name}")
+    return str(checkpoint)
+
+
+def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path, prepared: Prepared) -> None:
+    """Every process takes part (ZeRO-3 gathers the weights); the main one writes and renames into place."""
     weights = "adapter" if recipe.method.kind == "lora" else "model"
-    with staged_dir(run_dir / weights) as staging:
-        trainer.save_model(str(staging))
-    with staged_dir(run_dir / "tokenizer") as staging:
-        tokenizer.save_pretrained(staging)
+    staging = run_dir / f".{weights}.partial"
+    trainer.save_model(str(staging))
+    probe = _final_logits(trainer, prepared)
+    if not trainer.is_world_process_zero():
+        return
+    replace_dir(staging, run_dir / weights)
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    _save_probe(run_dir, probe)
     history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
     summary = _summary(history, trainer.state)
     update_run(run_dir, status="complete", weights=weights, summary=summary)
@@ -178,14 +234,29 @@ def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path) -> None:
     term.ok(f"run saved to {run_dir}")
 
 
+def _final_logits(trainer, prepared: Prepared):
+    """Logits of the trained model on the first training sample, so a reload can be checked against training."""
+    import torch
+
+    ids = torch.tensor([prepared.splits["train"][0]["input_ids"]], device=trainer.args.device)
+    model = trainer.model
+    model.eval()
+    with torch.no_grad():
+        return ids.cpu(), model(input_ids=ids).logits.float().cpu()
+
+
+def _save_probe(run_dir: Path, probe) -> None:
+    from safetensors.torch import save_file
+
+    ids, logits = probe
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, str(run_dir / "final_logits.safetensors"))
+
+
 def _summary(history: list[dict[str, Any]], state) -> dict[str, Any]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    summary: dict[str, Any] = {
-        "steps": state.global_step,
-        "epochs": round(state.epoch or 0, 2),
-        "tokens_seen": int(state.num_input_tokens_seen),
-    }
+    summary: dict[str, Any] = {"steps": state.global_step, "epochs": round(state.epoch or 0, 2),
+                               "tokens_seen": int(state.num_input_tokens_seen)}
     if losses:
         summary |= {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
     if evals:
@@ -195,56 +266,35 @@ def _summary(history: list[dict[str, Any]], state) -> dict[str, Any]:
     return summary
 
 
-def _metrics_log_base():
-    from transformers import TrainerCallback
+def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> None:
+    """Print the resolved recipe, launcher, DeepSpeed config, memory estimate and data counts; write nothing."""
+    import json
 
-    return TrainerCallback
-
-
-class MetricsLog(_metrics_log_base()):  # type: ignore[misc]
-    """Appends every Trainer log entry to metrics.jsonl with its step (rank 0 only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.path.unlink(missing_ok=True)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-
-def _show_plan(recipe: Recipe, base: Path, family: Family, tokenizer) -> None:
-    """Print the resolved recipe and the plan without writing anything."""
     import tomli_w
 
     term.out(tomli_w.dumps(recipe.to_dict()))
     with tempfile.TemporaryDirectory() as scratch:
         prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
-        rows = stats_rows(prepared.stats)
-    model = _meta_model(base, recipe)
-    model = apply_method(model, recipe, family)
-    term.table(
-        "plan",
-        ["", "value"],
-        [
-            ["model", str(base)],
-            ["family", family.title],
-            ["architecture", model.config.model_type],
-            ["method", recipe.method.kind],
-            ["trainable parameters", f"{_count(model, trainable=True):,}"],
-            ["total parameters", f"{_count(model):,}"],
-            ["run directory", str(run_dir_of(recipe))],
-        ],
-    )
-    term.table("data", *rows)
+    model = apply_method(meta_model(base, recipe), recipe, family)
+    trainable, total = _count(model, trainable=True), _count(model)
+    command = " ".join(launch.command) if launch.command else "(this process)"
+    env = " ".join(f"{k}={v}" for k, v in launch.env.items()) or "(unchanged)"
+    term.table("plan", ["", "value"], [
+        ["model", str(base)], ["family", family.title], ["architecture", model.config.model_type],
+        ["method", recipe.method.kind], ["quantize", recipe.launch.quantize],
+        ["trainable parameters", f"{trainable:,}"], ["total parameters", f"{total:,}"],
+        ["launcher", command], ["environment", env], ["run directory", str(run_dir_of(recipe))],
+    ])
+    if launch.deepspeed:
+        term.info("DeepSpeed config ('auto' values are filled in from [train]):")
+        term.out(json.dumps(launch.deepspeed, indent=2))
+    estimate = estimate_memory(model, recipe, trainable, total)
+    term.table("memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()])
+    refuse_impossible(estimate, recipe)
+    term.table("data", *stats_rows(prepared.stats))
 
 
-def _meta_model(base: Path, recipe: Recipe):
+def meta_model(base: Path, recipe: Recipe):
     """The architecture without weights (meta device): counting parameters of a 9B model costs nothing."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

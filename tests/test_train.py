@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from glmtune.modeling import load_model
 from glmtune.prepare import prepare_data
 from glmtune.recipe import load_recipe
-from glmtune.train import apply_method, fit, train
+from glmtune.train import apply_method, fit, train, training_arguments
 
 DEMO = ROOT / "recipes" / "demo.toml"
 
@@ -24,7 +24,8 @@ def test_lora_trains_adapter_and_leaves_base_untouched(tmp_path, tiny_dir, token
     prepared = prepare_data(recipe.data, glm4, tokenizer, tmp_path / "data")
     model = apply_method(load_model(tiny_dir), recipe, glm4)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = fit(model, tokenizer, prepared, recipe, tmp_path / "run")
+    args = training_arguments(recipe, tmp_path / "run" / "checkpoints", has_eval=False)
+    trainer = fit(model, tokenizer, prepared, args, tmp_path / "run")
     after = dict(model.named_parameters())
     lora_b = [name for name in before if "lora_B" in name]
     frozen = [name for name in before if "lora_" not in name]

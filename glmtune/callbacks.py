@@ -1,0 +1,102 @@
+"""Trainer callbacks that keep a run honest: metrics.jsonl, the loss curve, the NaN watchdog, complete checkpoints.
+
+All of them write on the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from glmtune.errors import UsageError
+
+COMPLETE_MARKER = "glmtune-complete"  # written into a checkpoint folder after everything else in it
+
+
+class TrainingDiverged(UsageError):
+    """The loss became NaN or infinite."""
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every Trainer log entry to metrics.jsonl with its step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not state.global_step:
+            self.path.unlink(missing_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class LossCurve(TrainerCallback):
+    """loss.png (train and eval loss by step), redrawn on each evaluation and at the end; headless matplotlib."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._draw(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._draw(state)
+
+    def _draw(self, state) -> None:
+        if not state.is_world_process_zero:
+            return
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+        figure = Figure(figsize=(7, 4), dpi=100)
+        axes = figure.add_subplot()
+        for key, label in (("loss", "train"), ("eval_loss", "eval")):
+            points = [(entry["step"], entry[key]) for entry in state.log_history if key in entry]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
+        axes.set(xlabel="step", ylabel="loss", title="loss")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        temporary = self.path.with_name(f".{self.path.name}.tmp.png")
+        figure.savefig(temporary)
+        os.replace(temporary, self.path)
+
+
+class NanWatchdog(TrainerCallback):
+    """Stops the run at the first NaN/inf loss with the step and what to try."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+            raise TrainingDiverged(
+                f"the training loss became {loss} at step {state.global_step} ({precision}); lower "
+                "train.learning_rate, raise train.warmup_ratio, or train in bf16/fp32 rather than fp16"
+            )
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer finished writing it, so resume never picks a torn one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / COMPLETE_MARKER).write_text(str(state.global_step))
+
+
+def latest_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
+    """The newest checkpoint that has the completion marker, and the incomplete ones that were skipped."""
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True)
+    skipped = []
+    for checkpoint in checkpoints:
+        if (checkpoint / COMPLETE_MARKER).is_file():
+            return checkpoint, skipped
+        skipped.append(checkpoint)
+    return None, skipped
