@@ -28,8 +28,17 @@ class MetricsLog(TrainerCallback):
         self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and not state.global_step:
+        if not state.is_world_process_zero:
+            return
+        if not state.global_step or not self.path.is_file():
             self.path.unlink(missing_ok=True)
+            return
+        # Resumed: drop what an interrupted run logged after the checkpoint it resumes from.
+        entries = [
+            json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+        kept = [entry for entry in entries if entry["step"] <= state.global_step]
+        self.path.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -62,7 +71,8 @@ class LossCurve(TrainerCallback):
                 axes.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
         axes.set(xlabel="step", ylabel="loss", title="loss")
         axes.grid(alpha=0.3)
-        axes.legend()
+        if axes.lines:
+            axes.legend()
         temporary = self.path.with_name(f".{self.path.name}.tmp.png")
         figure.savefig(temporary)
         os.replace(temporary, self.path)
@@ -93,7 +103,9 @@ class CheckpointMarker(TrainerCallback):
 
 def latest_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
     """The newest checkpoint that has the completion marker, and the incomplete ones that were skipped."""
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True)
+    checkpoints = sorted(
+        folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True
+    )
     skipped = []
     for checkpoint in checkpoints:
         if (checkpoint / COMPLETE_MARKER).is_file():

@@ -41,7 +41,9 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
         except FileNotFoundError:
             raise UsageError(f"launch.zero: DeepSpeed config {path} not found") from None
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{exc.lineno}: invalid JSON in the DeepSpeed config ({exc.msg})") from None
+            raise UsageError(
+                f"{path}:{exc.lineno}: invalid JSON in the DeepSpeed config ({exc.msg})"
+            ) from None
     preset = resources.files("glmtune") / "presets" / f"{launch.zero}.json"
     return json.loads(preset.read_text(encoding="utf-8"))
 
@@ -64,15 +66,41 @@ def plan_launch(recipe: Recipe, run_dir: Path, resume: bool = False) -> LaunchPl
     env = {"PYTHONUNBUFFERED": "1"}
     if not has_cuda():
         # DeepSpeed on CPU: its CPU accelerator and gloo; one thread pool per worker instead of oversubscribing.
-        env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // launch.processes_per_node))}
+        env |= {
+            "DS_ACCELERATOR": "cpu",
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // launch.processes_per_node)),
+        }
     if launch.nodes > 1:
-        command = ["deepspeed", "--hostfile", str(launch.hostfile), "--num_nodes", str(launch.nodes),
-                   "--num_gpus", str(launch.processes_per_node), "--master_addr", launch.master_addr,
-                   "--master_port", str(launch.master_port), "--module", *worker[1:]]
+        command = [
+            "deepspeed",
+            "--hostfile",
+            str(launch.hostfile),
+            "--num_nodes",
+            str(launch.nodes),
+            "--num_gpus",
+            str(launch.processes_per_node),
+            "--master_addr",
+            launch.master_addr,
+            "--master_port",
+            str(launch.master_port),
+            "--module",
+            *worker[1:],
+        ]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-                   "--nproc_per_node", str(launch.processes_per_node), "--master_addr", launch.master_addr,
-                   "--master_port", str(launch.master_port), *worker]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(launch.processes_per_node),
+            "--master_addr",
+            launch.master_addr,
+            "--master_port",
+            str(launch.master_port),
+            *worker,
+        ]
     return LaunchPlan(command, env, deepspeed_config(recipe))
 
 
@@ -105,7 +133,9 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     weights = total * weight_bytes / (processes if stage == 3 else 1) * (0 if offload and stage == 3 else 1)
     gradients = trainable * width / (processes if stage >= 2 else 1)
     # Adam: fp32 master copy (mixed precision only), first and second moments.
-    optimizer = trainable * (8 + (4 if width < 4 else 0)) / (processes if stage >= 1 else 1) * (0 if offload else 1)
+    optimizer = (
+        trainable * (8 + (4 if width < 4 else 0)) / (processes if stage >= 1 else 1) * (0 if offload else 1)
+    )
     activations = _activation_bytes(config, recipe, width)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
     estimate = {name: value / GIB for name, value in parts.items()}

@@ -76,7 +76,9 @@ class TrainSection(Section):
     keep_best: bool = False  # reload the checkpoint with the lowest eval loss at the end
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # batches of similar length: less padding
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # logs under checkpoints/runs; metrics.jsonl, loss.png always
+    report_to: list[Literal["tensorboard"]] = Field(
+        default_factory=list
+    )  # logs under checkpoints/runs; metrics.jsonl, loss.png always
 
 
 ZERO_PRESETS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -91,16 +93,22 @@ class LaunchSection(Section):
     master_addr: str = "127.0.0.1"
     master_port: int = Field(29500, gt=0, lt=65536)
     quantize: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes base model, single process LoRA only
-    gpu_memory_gb: float | None = Field(None, gt=0)  # per GPU; default: detected; plans that exceed it are refused
+    gpu_memory_gb: float | None = Field(
+        None, gt=0
+    )  # per GPU; default: detected; plans that exceed it are refused
     allow_fp16: bool = False  # fp16 overflows on GLM-4 families; only when forced
 
     @model_validator(mode="after")
     def _launch_combinations(self) -> LaunchSection:
         problems = []
         if self.strategy == "deepspeed" and self.zero not in ZERO_PRESETS and not self.zero.endswith(".json"):
-            problems.append(f"launch.zero: {self.zero!r} is neither a preset ({', '.join(ZERO_PRESETS)}) nor a .json file")
+            problems.append(
+                f"launch.zero: {self.zero!r} is neither a preset ({', '.join(ZERO_PRESETS)}) nor a .json file"
+            )
         if self.quantize != "none" and self.strategy != "single":
-            problems.append("launch.quantize is for single-process LoRA: a quantized base cannot be sharded by ZeRO; use strategy = 'single'")
+            problems.append(
+                "launch.quantize is for single-process LoRA: a quantized base cannot be sharded by ZeRO; use strategy = 'single'"
+            )
         if self.nodes > 1 and not self.hostfile:
             problems.append("launch.nodes > 1 needs launch.hostfile (DeepSpeed's hostfile listing the nodes)")
         if self.nodes > 1 and self.strategy != "deepspeed":
@@ -157,7 +165,14 @@ class Recipe(Section):
 
 
 # Keys whose values are file paths: resolved against the folder of the TOML file that sets them.
-PATH_KEYS = {("data", "train"), ("data", "eval"), ("eval", "data"), ("model", "path"), ("launch", "hostfile"), ("launch", "zero")}
+PATH_KEYS = {
+    ("data", "train"),
+    ("data", "eval"),
+    ("eval", "data"),
+    ("model", "path"),
+    ("launch", "hostfile"),
+    ("launch", "zero"),
+}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -212,10 +227,8 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
 
 
 def _resolve_one(value: str, folder: Path) -> str:
-    if (
-        ":" in value.split("/")[0] or Path(value).is_absolute()
-    ):  # "builtin:..." and absolute paths stay as they are
-        return value
+    if ":" in value.split("/")[0] or Path(value).is_absolute() or value in ZERO_PRESETS:
+        return value  # "builtin:..." names, preset names and absolute paths stay as they are
     return str((folder / value).resolve())
 
 
@@ -260,7 +273,9 @@ def _describe(error: Any) -> str:
     if error["type"] == "missing":
         return f"{dotted}: missing required key"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] in {"value_error", "assertion_error"} and (not location or message.startswith(location[0])):
+    if error["type"] in {"value_error", "assertion_error"} and (
+        not location or message.startswith(location[0])
+    ):
         return message
     return f"{dotted}: {message} (got {error.get('input')!r})"
 

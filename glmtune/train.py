@@ -17,11 +17,33 @@ from glmtune.callbacks import CheckpointMarker, LossCurve, MetricsLog, NanWatchd
 from glmtune.console import progress_callback, term
 from glmtune.errors import UsageError
 from glmtune.families import Family
-from glmtune.launch import deepspeed_config, estimate_memory, init_distributed, plan_launch, refuse_impossible, run_workers
-from glmtune.modeling import family_for, load_model, load_tokenizer, lora_target_modules, quiet_libraries, resolve_model_path
+from glmtune.launch import (
+    deepspeed_config,
+    estimate_memory,
+    init_distributed,
+    plan_launch,
+    refuse_impossible,
+    run_workers,
+)
+from glmtune.modeling import (
+    family_for,
+    load_model,
+    load_tokenizer,
+    lora_target_modules,
+    quiet_libraries,
+    resolve_model_path,
+)
 from glmtune.prepare import Prepared, prepare_data, stats_rows
 from glmtune.recipe import Recipe
-from glmtune.rundir import new_run_info, read_run, replace_dir, run_dir_of, update_run, write_recipe, write_run
+from glmtune.rundir import (
+    new_run_info,
+    read_run,
+    replace_dir,
+    run_dir_of,
+    update_run,
+    write_recipe,
+    write_run,
+)
 
 
 def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Path:
@@ -44,7 +66,9 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Pat
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     term.table("data", *stats_rows(prepared.stats))
     if launch.command:
-        term.step(f"launching {recipe.launch.processes_per_node * recipe.launch.nodes} DeepSpeed workers ({recipe.launch.zero})")
+        term.step(
+            f"launching {recipe.launch.processes_per_node * recipe.launch.nodes} DeepSpeed workers ({recipe.launch.zero})"
+        )
         run_workers(launch)
     else:
         train_here(recipe, run_dir, resume)
@@ -73,7 +97,9 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
         raise UsageError(f"{run_dir}: --resume needs the recipe this run started with (method differs)")
     checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
-        raise UsageError(f"{run_dir}: no complete checkpoint to resume from; start the run again without --resume")
+        raise UsageError(
+            f"{run_dir}: no complete checkpoint to resume from; start the run again without --resume"
+        )
 
 
 def _loading_flags(recipe: Recipe) -> dict[str, Any]:
@@ -92,9 +118,13 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
-    model = load_model(base, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                       allow_pickle=recipe.model.allow_pickle,
-                       quantization_config=quantization_config(recipe.launch.quantize, _torch_dtype(recipe)))
+    model = load_model(
+        base,
+        dtype=recipe.model.dtype,
+        trust_remote_code=recipe.model.trust_remote_code,
+        allow_pickle=recipe.model.allow_pickle,
+        quantization_config=quantization_config(recipe.launch.quantize, _torch_dtype(recipe)),
+    )
     if recipe.launch.quantize != "none":
         model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
     model = apply_method(model, recipe, family)
@@ -116,19 +146,29 @@ def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
             term.step(f"full fine-tuning: {_count(model, trainable=True):,} trainable parameters")
         return model
     targets = lora_target_modules(model, family, recipe.lora.targets)
-    config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     wrapped = sum(1 for _, module in model.named_modules() if isinstance(module, LoraLayer))
     if not quiet:
-        term.step(f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
-                  f"{_count(model, trainable=True):,} of {_count(model):,} parameters train")
+        term.step(
+            f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
+            f"{_count(model, trainable=True):,} of {_count(model):,} parameters train"
+        )
     return model
 
 
 def _count(model, trainable: bool = False) -> int:
-    return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()
-               if p.requires_grad or not trainable)
+    return sum(
+        p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        for p in model.parameters()
+        if p.requires_grad or not trainable
+    )
 
 
 def _torch_dtype(recipe: Recipe):
@@ -183,6 +223,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        dataloader_pin_memory=_has_cuda(),
     )
 
 
@@ -196,11 +237,24 @@ def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool 
     """Run the Trainer; batches are padded to their longest sample (labels with -100), on the right."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
-    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
-    callbacks = [progress_callback(), MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
-                 NanWatchdog(), CheckpointMarker()]
-    trainer = Trainer(model=model, args=args, train_dataset=prepared.splits["train"],
-                      eval_dataset=prepared.splits.get("eval"), data_collator=collator, callbacks=callbacks)
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
+    )
+    callbacks = [
+        progress_callback(),
+        MetricsLog(run_dir / "metrics.jsonl"),
+        LossCurve(run_dir / "loss.png"),
+        NanWatchdog(),
+        CheckpointMarker(),
+    ]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.splits["train"],
+        eval_dataset=prepared.splits.get("eval"),
+        data_collator=collator,
+        callbacks=callbacks,
+    )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; our progress bar shows the same
     trainer.train(resume_from_checkpoint=_resume_point(run_dir) if resume else None)
     return trainer
@@ -224,6 +278,7 @@ def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path, prepared: Pr
     probe = _final_logits(trainer, prepared)
     if not trainer.is_world_process_zero():
         return
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; recipe.toml already says all of it
     replace_dir(staging, run_dir / weights)
     tokenizer.save_pretrained(run_dir / "tokenizer")
     _save_probe(run_dir, probe)
@@ -249,14 +304,20 @@ def _save_probe(run_dir: Path, probe) -> None:
     from safetensors.torch import save_file
 
     ids, logits = probe
-    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, str(run_dir / "final_logits.safetensors"))
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+        str(run_dir / "final_logits.safetensors"),
+    )
 
 
 def _summary(history: list[dict[str, Any]], state) -> dict[str, Any]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    summary: dict[str, Any] = {"steps": state.global_step, "epochs": round(state.epoch or 0, 2),
-                               "tokens_seen": int(state.num_input_tokens_seen)}
+    summary: dict[str, Any] = {
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0, 2),
+        "tokens_seen": int(state.num_input_tokens_seen),
+    }
     if losses:
         summary |= {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
     if evals:
@@ -279,17 +340,29 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
     trainable, total = _count(model, trainable=True), _count(model)
     command = " ".join(launch.command) if launch.command else "(this process)"
     env = " ".join(f"{k}={v}" for k, v in launch.env.items()) or "(unchanged)"
-    term.table("plan", ["", "value"], [
-        ["model", str(base)], ["family", family.title], ["architecture", model.config.model_type],
-        ["method", recipe.method.kind], ["quantize", recipe.launch.quantize],
-        ["trainable parameters", f"{trainable:,}"], ["total parameters", f"{total:,}"],
-        ["launcher", command], ["environment", env], ["run directory", str(run_dir_of(recipe))],
-    ])
+    term.table(
+        "plan",
+        ["", "value"],
+        [
+            ["model", str(base)],
+            ["family", family.title],
+            ["architecture", model.config.model_type],
+            ["method", recipe.method.kind],
+            ["quantize", recipe.launch.quantize],
+            ["trainable parameters", f"{trainable:,}"],
+            ["total parameters", f"{total:,}"],
+            ["launcher", command],
+            ["environment", env],
+            ["run directory", str(run_dir_of(recipe))],
+        ],
+    )
     if launch.deepspeed:
         term.info("DeepSpeed config ('auto' values are filled in from [train]):")
         term.out(json.dumps(launch.deepspeed, indent=2))
     estimate = estimate_memory(model, recipe, trainable, total)
-    term.table("memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()])
+    term.table(
+        "memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()]
+    )
     refuse_impossible(estimate, recipe)
     term.table("data", *stats_rows(prepared.stats))
 

@@ -15,6 +15,9 @@ from glmtune.errors import UsageError
 def main() -> None:
     run_dir = Path(sys.argv[1])
     try:
+        from glmtune.modeling import quiet_libraries
+
+        quiet_libraries()  # before transformers and peft are imported by the training modules
         from glmtune.rundir import run_recipe
         from glmtune.train import train_here
 
