@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build where there is no CUDA (a bare `torch` requirement would pull a multi-GB CUDA build); the normal build elsewhere.
 TORCH_CPU ?= torch==2.13.0
+# DeepSpeed compiles its C++ ops on first use (~50 s each); keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 .PHONY: install test test-slow test-deepspeed test-gpu lint format demo bench clean
 

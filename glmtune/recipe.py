@@ -128,7 +128,6 @@ class GenerationSection(Section):
 
 class ExportSection(Section):
     max_shard_size: str = "2GB"
-    verify: bool = True  # compare merged logits with base + adapter after writing
 
 
 class EvalSection(Section):
