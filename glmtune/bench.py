@@ -57,11 +57,15 @@ def _run(mode: str) -> dict[str, float]:
         prepared = prepare_data(recipe.data, GLM4, tokenizer, Path(scratch) / "data")
         model = apply_method(load_model(base), recipe, GLM4, quiet=True)
         padding = "max_length" if mode.startswith("fixed") else "longest"
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=padding, max_length=MAX_LENGTH, label_pad_token_id=-100)
+        collator = DataCollatorForSeq2Seq(
+            tokenizer, padding=padding, max_length=MAX_LENGTH, label_pad_token_id=-100
+        )
         counter = _PaddingCounter(collator)
         args = training_arguments(recipe, Path(scratch) / "checkpoints", has_eval=False)
         args.save_strategy = "no"
-        trainer = Trainer(model=model, args=args, train_dataset=prepared.splits["train"], data_collator=counter)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=prepared.splits["train"], data_collator=counter
+        )
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
         trainer.train()

@@ -106,7 +106,7 @@ def latest_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
     checkpoints = sorted(
         folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True
     )
-    skipped = []
+    skipped: list[Path] = []
     for checkpoint in checkpoints:
         if (checkpoint / COMPLETE_MARKER).is_file():
             return checkpoint, skipped

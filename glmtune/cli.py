@@ -7,6 +7,7 @@ A `UsageError` anywhere becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from glmtune.errors import UsageError
 
 app = typer.Typer(
     name="glmtune",
-    help="Fine-tune GLM-family chat models (ChatGLM-6B … GLM-4.5): prepare, train, export, chat, eval.\n\n"
+    help="Fine-tune GLM-family chat models (ChatGLM-6B … GLM-4.5): prepare, train, export, chat, eval, convert.\n\n"
     "Example: glmtune train recipes/demo.toml",
     no_args_is_help=True,
     add_completion=False,
@@ -28,6 +29,13 @@ RecipeArg = Annotated[Path, typer.Argument(help="TOML recipe file.", show_defaul
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2.")
 ]
+
+
+class Layout(str, Enum):
+    native = "native"
+    original = "original"
+
+
 SourceArg = Annotated[
     Path, typer.Argument(help="A glmtune run directory or an exported model folder.", show_default=False)
 ]
@@ -72,11 +80,38 @@ def train(
 def export(
     source: SourceArg,
     out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
+    layout: Annotated[
+        Layout,
+        typer.Option(
+            help="native: transformers' own class; original: the base's remote-code ChatGLM layout."
+        ),
+    ] = Layout.native,
 ) -> None:
     """Merge the run's adapter into its base and write a model that loads with plain transformers."""
     from glmtune.export import export_run
 
-    export_run(source, out)
+    export_run(source, out, layout=layout.value)
+
+
+@app.command(epilog="Example: glmtune convert ~/models/chatglm3-6b --out ~/models/chatglm3-6b-native")
+def convert(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An original remote-code ChatGLM2/3 or GLM-4-9B-chat folder.", show_default=False
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the native model to.")],
+    family: Annotated[str, typer.Option(help="Family name; default: detected from the folder.")] = "auto",
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Read pickled *.bin weights (only files you trust).")
+    ] = False,
+) -> None:
+    """Write an original-layout ChatGLM checkpoint once as transformers' native Glm model (no remote code)."""
+    from glmtune.original import convert_checkpoint
+
+    convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
+    term.ok(f"converted {source} to {out} (native glm; loads with AutoModelForCausalLM)")
 
 
 @app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')

@@ -18,9 +18,8 @@ from glmtune.formats import read_examples
 from glmtune.generation import generate_answers
 from glmtune.metrics import METRIC_NOTES, generation_scores
 from glmtune.modeling import Loaded, load_for_inference, quiet_libraries
-from glmtune.prepare import IGNORE_INDEX
+from glmtune.prepare import IGNORE_INDEX, render_example
 from glmtune.recipe import Recipe
-from glmtune.render import render_sample
 from glmtune.rundir import atomic_write_text, run_recipe
 
 
@@ -75,14 +74,7 @@ def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
     data = recipe.data
     total, count = 0.0, 0
     for example in read_examples(data.eval, "data.eval", data.format, data.variables, data.system):
-        sample = render_sample(
-            example.messages,
-            loaded.family,
-            loaded.tokenizer,
-            max_length=data.max_length,
-            overlong=data.overlong,
-            mask_history=data.mask_history,
-        )
+        sample = render_example(example, data, loaded.family, loaded.tokenizer)
         if sample.status == "dropped":
             continue
         labels = [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]

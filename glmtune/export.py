@@ -5,6 +5,10 @@ safetensors, the tokenizer with its chat template, a generation_config.json with
 card, and a small `modeling_glmtune_chat.py` so the ChatGLM snippet `AutoModel.from_pretrained(out,
 trust_remote_code=True).chat(tokenizer, query, history)` works too. Everything is written to a temporary folder
 and renamed into place only after the reloaded export's logits matched base + adapter.
+
+`--layout original` (for a run whose base is an original remote-code ChatGLM2/3 / GLM-4-9B-chat folder) writes the
+merged weights back under the original parameter names, with the base's config.json, tokenizer and code files, for
+the tools that expect that layout; it is verified the same way, reloaded through glmtune's own conversion.
 """
 
 from __future__ import annotations
@@ -23,16 +27,45 @@ from glmtune.modeling import (
     load_tokenizer,
     quiet_libraries,
 )
+from glmtune.original import is_original_folder, save_original_layout, stamp_native
 from glmtune.recipe import GenerationSection, Recipe
 from glmtune.render import render_conversation
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
 CHAT_MODULE = "modeling_glmtune_chat"
 LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
+LAYOUTS = ("native", "original")  # transformers' own class | the base's remote-code ChatGLM parameter names
 
 
-def export_run(run_dir: Path, out: Path) -> Path:
+def export_run(run_dir: Path, out: Path, layout: str = "native") -> Path:
     quiet_libraries()
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
+    run = _completed_run(run_dir)
+    if layout == "original":
+        _check_original_base(run)
+    family = get_family(run["family"])
+    recipe = run_recipe(run_dir)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    probes = probe_inputs(family, tokenizer, run_dir)
+    model, expected = _merged_model(run, run_dir, probes)
+    with staged_dir(out) as staging:
+        if layout == "original":
+            save_original_layout(
+                model.state_dict(), base_model_folder(run), family, staging,
+                dtype=_base_dtype(run), max_shard_size=recipe.export.max_shard_size,
+            )  # fmt: skip
+        else:
+            save_export(model, tokenizer, family, run, recipe, staging)
+        del model
+        worst = verify_export(staging, probes, expected, _base_dtype(run))
+    term.ok(
+        f"exported to {out} ({layout} layout) — reloaded logits match base + adapter (max |Δ| {worst:.2e})"
+    )
+    return out
+
+
+def _completed_run(run_dir: Path) -> dict[str, Any]:
     if not is_run_dir(run_dir):
         raise UsageError(
             f"{run_dir}: not a glmtune run directory (no run.json); give the folder `glmtune train` wrote"
@@ -42,16 +75,16 @@ def export_run(run_dir: Path, out: Path) -> Path:
         raise UsageError(
             f"{run_dir}: training has not completed (status {run.get('status')!r}); nothing to export"
         )
-    family = get_family(run["family"])
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
-    probes = probe_inputs(family, tokenizer, run_dir)
-    model, expected = _merged_model(run, run_dir, probes)
-    with staged_dir(out) as staging:
-        save_export(model, tokenizer, family, run, run_recipe(run_dir), staging)
-        del model
-        worst = verify_export(staging, probes, expected)
-    term.ok(f"exported to {out} — reloaded logits match base + adapter (max |Δ| {worst:.2e} ≤ {LOGITS_ATOL})")
-    return out
+    return run
+
+
+def _check_original_base(run: dict[str, Any]) -> None:
+    base = base_model_folder(run)
+    if not is_original_folder(base):
+        raise UsageError(
+            f"--layout original: the base model {base} is not in the original ChatGLM layout "
+            "(config.json model_type 'chatglm'); export it with --layout native"
+        )
 
 
 def _merged_model(run: dict[str, Any], run_dir: Path, probes):
@@ -92,14 +125,10 @@ def _max_diff(actual, expected) -> float:
 
 def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: Recipe, folder: Path) -> None:
     import torch
-    from transformers import GenerationConfig
 
     base_dtype = _base_dtype(run)
     model = model.to(getattr(torch, base_dtype))
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in family.stop_tokens]
-    model.generation_config = GenerationConfig(
-        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, **generation_kwargs(recipe.generation)
-    )
+    stamp_native(model, tokenizer, family, generation_kwargs(recipe.generation))
     base_class = type(model).__name__
     model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
     model.save_pretrained(folder, max_shard_size=recipe.export.max_shard_size)
@@ -127,15 +156,12 @@ def _base_dtype(run: dict[str, Any]) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-def verify_export(folder: Path, probes, expected) -> float:
-    """Reload the written folder the way a user will and compare its logits with base + adapter."""
-    from transformers import AutoModelForCausalLM
-
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+def verify_export(folder: Path, probes, expected, saved_dtype: str = "float32") -> float:
+    """Reload the written folder the way a user will (either layout) and compare its logits with base + adapter;
+    weights saved below float32 are compared with a tolerance relative to the logits' scale."""
+    reloaded = load_model(folder, dtype="float32").eval()
     worst = _max_diff(_logits(reloaded, probes), expected)
-    tolerance = (
-        LOGITS_ATOL if reloaded.config.dtype in (None, "float32") else 5e-2 * max(1.0, _scale(expected))
-    )
+    tolerance = LOGITS_ATOL if saved_dtype == "float32" else 5e-2 * max(1.0, _scale(expected))
     if worst > tolerance:
         raise RuntimeError(f"the reloaded export's logits differ from base + adapter by {worst:.2e}")
     return worst

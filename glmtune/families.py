@@ -3,6 +3,11 @@
 A record holds the special tokens by name, the prompt layout (which pieces a conversation renders to and which of
 them are trained), the stop tokens, the LoRA target modules per architecture and how to recognise the family in a
 checkpoint folder. No other module asks which family it is; they read the record.
+
+Families: `glm4` (GLM-4 native, and glm-4-9b-chat in its original remote-code layout), `chatglm3` (ChatGLM3-6B and
+-base, original layout) and `chatglm2` (ChatGLM2-6B, original layout). Sources of the format facts are cited at each
+layout: the official tokenizer_config.json chat templates and the original `tokenization_chatglm.py`,
+`modeling_chatglm.py` and fine-tuning scripts of THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glmtune.errors import UsageError
 
 ROLES = ("system", "user", "assistant", "observation")
+FAMILY_KEY = "glmtune_family"  # written into config.json by `glmtune convert` and `glmtune export`
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,10 @@ class Message:
 
 @dataclass(frozen=True)
 class Piece:
-    """One piece of a rendered conversation: a special token (by name) or text, and whether it is trained."""
+    """One piece of a rendered conversation: a special token (by name) or text, and whether it is trained.
+
+    Text pieces are encoded one by one, so a layout splits text exactly where the original encodes separately.
+    """
 
     text: str
     special: bool = False
@@ -35,6 +45,8 @@ class Piece:
 
 
 Layout = Callable[[Sequence[Message], bool], list[Piece]]
+# (config.json, tokenizer_config.json) of an original-layout folder -> does it belong to this family?
+Recogniser = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -45,33 +57,114 @@ class Family:
     eos_token: str
     pad_token: str
     stop_tokens: tuple[str, ...]  # generation stops on any of these; written into generation_config.json
-    fp16_safe: bool  # False where fp16 activations overflow (GLM-4): fp16 is refused unless forced
     layout: Layout  # (messages, add_generation_prompt) -> pieces
     chat_template: str  # Jinja equivalent of `layout`, for tokenizers that ship without one
     model_types: tuple[str, ...] = ()  # native transformers model_types that belong to this family
     lora_targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # by model_type
     turn_end_note: str = ""  # documentation: which token ends an assistant turn in training
+    original_tokenizer: str = ""  # glm_tokenizers family of the original-layout tokenizer files
+    recognises: Recogniser | None = None  # detection of an original-layout (model_type "chatglm") folder
+    fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
 
 
-def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
-    # GLM-4 renders `[gMASK]<sop>` then `<|role|>{metadata}\n{content}` per message. The model generates everything
-    # after `<|assistant|>` including the newline, and ends its turn by emitting the next role token (`<|user|>`, or
-    # `<|observation|>` after a tool call): those are what GLM-4's own fine-tuning code supervises.
-    pieces = [Piece("[gMASK]", special=True), Piece("<sop>", special=True)]
+def _role_layout(
+    messages: Sequence[Message],
+    add_generation_prompt: bool,
+    *,
+    prefix: tuple[str, str],
+    body: Callable[[Message], list[str]],
+    conversation_end: str,
+) -> list[Piece]:
+    """`prefix` tokens, then per message `<|role|>` and its body texts. An assistant turn is trained with the token
+    that ends it: the next role token, or `conversation_end` after the last message."""
+    pieces = [Piece(prefix[0], special=True), Piece(prefix[1], special=True)]
     previous_assistant = -1
     for index, message in enumerate(messages):
         ends_turn = previous_assistant >= 0
         pieces.append(Piece(f"<|{message.role}|>", special=True, train=ends_turn, turn=previous_assistant))
         is_answer = message.role == "assistant"
-        pieces.append(
-            Piece(f"{message.metadata}\n{message.content}", train=is_answer, turn=index if is_answer else -1)
-        )
-        previous_assistant = index if is_answer else -1
+        turn = index if is_answer else -1
+        pieces += [Piece(text, train=is_answer, turn=turn) for text in body(message)]
+        previous_assistant = turn
     if previous_assistant >= 0:
-        pieces.append(Piece("<|user|>", special=True, train=True, turn=previous_assistant))
+        pieces.append(Piece(conversation_end, special=True, train=True, turn=previous_assistant))
     elif add_generation_prompt:
         pieces.append(Piece("<|assistant|>", special=True))
     return pieces
+
+
+def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+    # GLM-4 renders `[gMASK]<sop>` then `<|role|>{metadata}\n{content}` per message, the metadata line and content as
+    # one text (the official chat template; GLM-4's finetune.py tokenizes through it). The model generates
+    # everything after `<|assistant|>` including the newline, and ends its turn by emitting the next role token
+    # (`<|user|>`, or `<|observation|>` after a tool call): finetune.py appends `<|user|>` and shifts the mask by
+    # one, so the token after each assistant message is supervised.
+    return _role_layout(
+        messages,
+        add_generation_prompt,
+        prefix=("[gMASK]", "<sop>"),
+        body=lambda m: [f"{m.metadata}\n{m.content}"],
+        conversation_end="<|user|>",
+    )
+
+
+def _chatglm3_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+    # ChatGLM3 (tokenization_chatglm.py `build_single_message`): `[gMASK]sop`, then per message the role token,
+    # `encode(f"{metadata}\n")` and `encode(content)`: two SentencePiece calls, so each text gets its own dummy
+    # prefix "▁" (the chat template's "\n " reproduces that). finetune_demo/finetune_hf.py marks whole assistant
+    # messages, appends `</s>` and shifts the mask by one: trained are the metadata line, the content and the
+    # token after the message (the next role token, or `</s>` at the end).
+    return _role_layout(
+        messages,
+        add_generation_prompt,
+        prefix=("[gMASK]", "sop"),
+        body=lambda m: [f"{m.metadata}\n", m.content],
+        conversation_end="</s>",
+    )
+
+
+def _chatglm2_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+    # ChatGLM2 (tokenization_chatglm.py `build_prompt`, ptuning/main.py `preprocess_function_train`): `[gMASK]sop`,
+    # then ONE text "[Round i]\n\n问：{q}\n\n答：{a}\n\n" per past round (i from 1) and "[Round n]\n\n问：{q}\n\n答："
+    # for the last; the answer is encoded separately and followed by `</s>`. Only that last answer is trained: past
+    # answers are part of the prompt text, tokenized jointly with it. ChatGLM2 has no system prompt; glmtune puts it
+    # in front of the rounds followed by a blank line (ptuning's `source_prefix` is prepended the same way).
+    # A prompt ending in a question always ends with "答：", which is its generation prompt.
+    system, rounds = _chatglm2_rounds(messages)
+    prompt = system
+    for number, (question, answer) in enumerate(rounds, 1):
+        prompt += f"[Round {number}]\n\n问：{question}\n\n答："
+        if answer is not None and number < len(rounds):
+            prompt += f"{answer}\n\n"
+    pieces = [Piece("[gMASK]", special=True), Piece("sop", special=True), Piece(prompt)]
+    final_answer = rounds[-1][1] if rounds else None
+    if final_answer is not None:
+        turn = len(messages) - 1
+        pieces += [
+            Piece(final_answer, train=True, turn=turn),
+            Piece("</s>", special=True, train=True, turn=turn),
+        ]
+    return pieces
+
+
+def _chatglm2_rounds(messages: Sequence[Message]) -> tuple[str, list[tuple[str, str | None]]]:
+    """(system text, [(question, answer or None)]) of a conversation in ChatGLM2's round format."""
+    system = ""
+    rounds: list[tuple[str, str | None]] = []
+    for index, message in enumerate(messages):
+        if message.role == "system" and index == 0:
+            system = f"{message.content}\n\n"
+        elif message.role == "user" and (not rounds or rounds[-1][1] is not None):
+            rounds.append((message.content, None))
+        elif message.role == "assistant" and rounds and rounds[-1][1] is None and not message.metadata:
+            rounds[-1] = (rounds[-1][0], message.content)
+        else:
+            raise UsageError(
+                f"ChatGLM2 renders a leading system message then user/assistant rounds; message {index + 1} "
+                f"({message.role}{', with a tool call' if message.metadata else ''}) does not fit "
+                "(ChatGLM2 has no tool calls or observations)"
+            )
+    return system, rounds
 
 
 GLM4_CHAT_TEMPLATE = (
@@ -79,12 +172,61 @@ GLM4_CHAT_TEMPLATE = (
     "{% if m['metadata'] is defined and m['metadata'] %}{{ m['metadata'] }}{% endif %}{{ '\\n' + m['content'] }}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# The official ChatGLM3-6B template plus the metadata line (the official one drops it).
+CHATGLM3_CHAT_TEMPLATE = (
+    "[gMASK]sop{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['metadata'] is defined and m['metadata'] %}{{ m['metadata'] }}{% endif %}{{ '\\n ' + m['content'] }}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# ChatGLM2 ships no template; this one renders `build_prompt`. Known limit: the bare `sop` token only matches as a
+# whole word, so a system prompt that starts with a letter or digit glues to it; glmtune's own rendering is exact.
+CHATGLM2_CHAT_TEMPLATE = (
+    "[gMASK]sop{% set ns = namespace(round=0) %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
+    "{% elif m['role'] == 'user' %}{% set ns.round = ns.round + 1 %}"
+    "{{ '[Round ' + ns.round|string + ']\\n\\n问：' + m['content'] + '\\n\\n答：' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+)
 
 _NATIVE_GLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+# Original-layout checkpoints load as native `glm` (glmtune.convert), so LoRA wraps the native module names.
+_CONVERTED_TARGETS = {"glm": _NATIVE_GLM_TARGETS}
+_CHATGLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+
+
+def _names(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> str:
+    return f"{config.get('_name_or_path', '')} {tokenizer_config.get('name_or_path', '')}".lower()
+
+
+def _is_glm4_chat(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+    # glm-4-9b-chat: the 151,552-row GLM-4 vocabulary and a tiktoken `tokenizer.model`.
+    return (
+        config.get("padded_vocab_size") == 151552
+        or tokenizer_config.get("tokenizer_class") == "ChatGLM4Tokenizer"
+    )
+
+
+def _is_chatglm3(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+    # ChatGLM2 and 3 share tokenizer.model and the config fields; ChatGLM3's tokenizer_config lists its role tokens.
+    mentions_roles = "<|user|>" in json.dumps(tokenizer_config, ensure_ascii=False)
+    return config.get("padded_vocab_size") == 65024 and (
+        "chatglm3" in _names(config, tokenizer_config) or mentions_roles
+    )
+
+
+def _is_chatglm2(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+    names = _names(config, tokenizer_config)
+    return (
+        config.get("padded_vocab_size") == 65024
+        and "chatglm2" in names
+        and not _is_chatglm3(config, tokenizer_config)
+    )
+
 
 GLM4 = Family(
     name="glm4",
-    title="GLM-4 (glm-4-9b-chat-hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
+    title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
     special_tokens=(
         "<|endoftext|>",
         "[MASK]",
@@ -104,15 +246,56 @@ GLM4 = Family(
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),
-    fp16_safe=False,
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
     model_types=("glm", "glm4", "glm4_moe"),
     lora_targets={"glm": _NATIVE_GLM_TARGETS, "glm4": _NATIVE_GLM_TARGETS},
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
+    original_tokenizer="glm4",
+    recognises=_is_glm4_chat,
 )
 
-REGISTRY: dict[str, Family] = {family.name: family for family in (GLM4,)}
+CHATGLM3 = Family(
+    name="chatglm3",
+    title="ChatGLM3-6B and ChatGLM3-6B-Base (original remote-code layout)",
+    special_tokens=(*_CHATGLM_SPECIALS, "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "</s>"),
+    eos_token="</s>",
+    pad_token="<unk>",
+    # modeling_chatglm.py `chat`: eos_token_id = [eos, <|user|>, <|observation|>]
+    stop_tokens=("</s>", "<|user|>", "<|observation|>"),
+    layout=_chatglm3_layout,
+    chat_template=CHATGLM3_CHAT_TEMPLATE,
+    lora_targets=_CONVERTED_TARGETS,
+    turn_end_note=(
+        "an assistant turn ends with the next role token (<|user|>, or <|observation|> after a tool call), and the "
+        "last one with </s>, as ChatGLM3's finetune_hf.py trains it (it appends eos and shifts the mask by one); "
+        "observation messages are not trained (finetune_hf.py would train them; GLM-4's finetune.py does not)"
+    ),
+    original_tokenizer="chatglm3",
+    recognises=_is_chatglm3,
+    fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
+)
+
+CHATGLM2 = Family(
+    name="chatglm2",
+    title="ChatGLM2-6B (original remote-code layout)",
+    special_tokens=(*_CHATGLM_SPECIALS, "</s>"),
+    eos_token="</s>",
+    pad_token="<unk>",
+    stop_tokens=("</s>",),
+    layout=_chatglm2_layout,
+    chat_template=CHATGLM2_CHAT_TEMPLATE,
+    lora_targets=_CONVERTED_TARGETS,
+    turn_end_note=(
+        "the last answer ends with </s> and is the only trained turn (ptuning/main.py); earlier rounds are prompt "
+        "text, so mask_history changes nothing"
+    ),
+    original_tokenizer="chatglm2",
+    recognises=_is_chatglm2,
+    fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
+)
+
+REGISTRY: dict[str, Family] = {family.name: family for family in (GLM4, CHATGLM3, CHATGLM2)}
 
 
 def get_family(name: str) -> Family:
@@ -124,13 +307,28 @@ def get_family(name: str) -> Family:
         ) from None
 
 
-def detect_family(folder: Path) -> Family:
-    """Tell the family from a checkpoint folder's config.json."""
-    config_path = folder / "config.json"
+def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
+    """A JSON object file; a missing optional file is {}; anything unreadable is a UsageError naming it."""
+    if not required and not path.is_file():
+        return {}
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{config_path}: cannot read the model config ({exc})") from None
+        raise UsageError(f"{path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
+def detect_family(folder: Path) -> Family:
+    """Tell the family from a checkpoint folder: glmtune's own stamp, the original layout, or the model_type."""
+    config_path = folder / "config.json"
+    config = read_json(config_path)
+    if config.get(FAMILY_KEY):
+        return get_family(str(config[FAMILY_KEY]))
+    model_type = config.get("model_type", "")
+    if model_type == "chatglm":
+        return _detect_original(folder, config)
     for family in REGISTRY.values():
         if model_type in family.model_types:
             return family
@@ -138,3 +336,22 @@ def detect_family(folder: Path) -> Family:
         f"{config_path}: cannot tell the GLM family of model_type {model_type!r}; "
         f"set model.family to one of {', '.join(sorted(REGISTRY))}"
     )
+
+
+def _detect_original(folder: Path, config: Mapping[str, Any]) -> Family:
+    if (folder / "ice_text.model").is_file() or "padded_vocab_size" not in config:
+        raise UsageError(
+            f"{folder}: ChatGLM-6B (v1: ice_text.model, no padded_vocab_size in config.json) is not supported yet; "
+            "use ChatGLM2-6B, ChatGLM3-6B or GLM-4-9B-chat"
+        )
+    tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
+    matches = [
+        f for f in REGISTRY.values() if f.recognises is not None and f.recognises(config, tokenizer_config)
+    ]
+    if len(matches) != 1:
+        candidates = ", ".join(f.name for f in matches or REGISTRY.values() if f.recognises is not None)
+        raise UsageError(
+            f"{folder / 'config.json'}: cannot tell which ChatGLM this original-layout checkpoint is; "
+            f"set model.family (glmtune convert: --family) to one of {candidates}"
+        )
+    return matches[0]

@@ -1,7 +1,8 @@
 """Find and load models and tokenizers: builtin tiny models, checkpoint folders, run directories, exports.
 
 Nothing here downloads: a path must be a local folder. Pickled weights are refused unless the recipe allows them,
-and remote code runs only when the recipe turns it on.
+and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and GLM-4-9B-chat folders
+load as transformers' native `GlmForCausalLM`, converted in memory (`glmtune.original`), never through their code.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def quiet_libraries() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # states the fact DeepSpeed would otherwise warn about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*torch.distributed.* is deprecated.*", category=FutureWarning
+    )  # DeepSpeed's
 
     import datasets
     import transformers
@@ -72,10 +76,17 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family | None = None):
+    """The folder's tokenizer; for an original-layout ChatGLM folder, rebuilt from its tokenizer files (no remote
+    code) for `family` (default: detected from the folder)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    from glmtune.original import is_original_folder, load_original_tokenizer
+
+    if is_original_folder(folder):
+        tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -88,8 +99,19 @@ def load_model(
     allow_pickle: bool = False,
     quantization_config: Any = None,
 ):
+    """A causal LM from a local folder. An original-layout ChatGLM2/3 / GLM-4-9B-chat folder is converted to the
+    native `GlmForCausalLM` in memory, so its remote code is never needed (trust_remote_code is not used for it)."""
     from transformers import AutoModelForCausalLM
 
+    from glmtune.original import is_original_folder, load_original_model
+
+    if is_original_folder(folder):
+        return load_original_model(
+            folder,
+            dtype=torch_dtype(dtype),
+            allow_pickle=allow_pickle,
+            quantization_config=quantization_config,
+        )
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise UsageError(
@@ -103,6 +125,20 @@ def load_model(
         use_safetensors=has_safetensors,
         quantization_config=quantization_config,
     )
+
+
+def load_config(folder: Path, trust_remote_code: bool = False):
+    """The model config transformers builds the architecture from (the native `GlmConfig` of an original-layout
+    folder), e.g. for a weightless model on the meta device."""
+    from transformers import AutoConfig
+
+    from glmtune.original import is_original_folder, original_config
+
+    if is_original_folder(folder):
+        from glmtune.convert import native_config
+
+        return native_config(original_config(folder))
+    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def lora_target_modules(model, family: Family, requested: list[str] | str) -> list[str]:
@@ -153,9 +189,10 @@ def load_for_inference(source: Path, *, dtype: str = "float32", merge: bool = Fa
         raise UsageError(
             f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
         )
+    family = detect_family(source)
     model = load_model(source, dtype=dtype)
     model.eval()
-    return Loaded(model, load_tokenizer(source), detect_family(source), source, None)
+    return Loaded(model, load_tokenizer(source, family=family), family, source, None)
 
 
 def _load_run(run_dir: Path, *, dtype: str, merge: bool) -> Loaded:

@@ -15,9 +15,9 @@ from typing import Any
 
 from glmtune.errors import UsageError
 from glmtune.families import Family
-from glmtune.formats import data_files, read_examples
+from glmtune.formats import Example, data_files, read_examples
 from glmtune.recipe import DataSection
-from glmtune.render import render_sample
+from glmtune.render import Rendered, render_sample
 from glmtune.rundir import atomic_write_text, staged_dir
 
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
@@ -65,14 +65,7 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
     columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     counts = {"truncated": 0, "dropped": 0}
     for example in examples:
-        sample = render_sample(
-            example.messages,
-            family,
-            tokenizer,
-            max_length=data.max_length,
-            overlong=data.overlong,
-            mask_history=data.mask_history,
-        )
+        sample = render_example(example, data, family, tokenizer)
         if sample.status != "ok":
             counts[sample.status] += 1
         if sample.status == "dropped":
@@ -86,6 +79,15 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
             f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it"
         )
     return Dataset.from_dict(columns), _stats(columns, len(examples), counts)
+
+
+def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
+    """One record rendered as the recipe says; a problem the family finds in it names the record."""
+    try:
+        return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
+                             overlong=data.overlong, mask_history=data.mask_history)  # fmt: skip
+    except UsageError as exc:
+        raise UsageError(f"{example.origin}: {exc}") from None
 
 
 def _stats(columns: dict[str, list[list[int]]], read: int, counts: dict[str, int]) -> dict[str, float]:
@@ -142,7 +144,7 @@ def prepare_run(recipe, show: int = 0) -> Prepared:
     quiet_libraries()
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir_of(recipe) / "data")
     term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
     for index in range(min(show, len(prepared.splits["train"]))):

@@ -2,19 +2,30 @@
 
 `builtin:tiny-glm4` is a 2-layer `Glm4ForCausalLM` (the GLM-4-0414 architecture) and `builtin:tiny-glm` a 2-layer
 `GlmForCausalLM` (glm-4-9b-chat-hf). Both carry a byte-level BPE tokenizer trained in-process (any text encodes)
-with the GLM-4 special tokens, its split pattern and chat template. A build is deterministic and cached on disk, so
-nothing is ever downloaded.
+with the GLM-4 special tokens, its split pattern and chat template.
+
+`builtin:tiny-chatglm3` and `builtin:tiny-chatglm2` are folders in the ORIGINAL remote-code layout (config.json
+model_type "chatglm" with the official fields, `transformer.encoder.layers.N...` weights, a SentencePiece
+`tokenizer.model`), exactly what glmtune meets in a downloaded ChatGLM3-6B / ChatGLM2-6B but 2 layers wide 64. Their
+SentencePiece BPE model is trained in-process and padded with unused pieces to the original 64,789, so every special
+token sits at its original id (`[gMASK]` 64790, `<|user|>` 64795).
+
+A build is deterministic and cached on disk, so nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import struct
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from glmtune.families import GLM4
+from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Family
 
 BUILD_VERSION = "3"  # bump when the recipe below changes, so stale caches are rebuilt
 
@@ -22,6 +33,59 @@ TINY_MODELS = {
     "tiny-glm4": "glm4",
     "tiny-glm": "glm",
 }
+
+# THUDM/chatglm3-6b's config.json (ChatGLM2-6B's differs only in seq_length); convert.tiny_original_checkpoint shrinks
+# the sizes. No auto_map: the tiny folders ship no code, as glmtune never runs it.
+_CHATGLM_CONFIG: dict[str, Any] = {
+    "model_type": "chatglm",
+    "architectures": ["ChatGLMModel"],
+    "add_bias_linear": False,
+    "add_qkv_bias": True,
+    "apply_query_key_layer_scaling": True,
+    "apply_residual_connection_post_layernorm": False,
+    "attention_dropout": 0.0,
+    "attention_softmax_in_fp32": True,
+    "bias_dropout_fusion": True,
+    "ffn_hidden_size": 13696,
+    "fp32_residual_connection": False,
+    "hidden_dropout": 0.0,
+    "hidden_size": 4096,
+    "kv_channels": 128,
+    "layernorm_epsilon": 1e-05,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "num_attention_heads": 32,
+    "num_layers": 28,
+    "original_rope": True,
+    "padded_vocab_size": 65024,
+    "post_layer_norm": True,
+    "rmsnorm": True,
+    "seq_length": 8192,
+    "use_cache": True,
+    "torch_dtype": "float16",
+    "tie_word_embeddings": False,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+
+
+@dataclass(frozen=True)
+class TinyOriginal:
+    """A builtin original-layout model: its family and what its official folder differs in."""
+
+    family: Family
+    seq_length: int
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+
+
+ORIGINAL_TINY_MODELS = {
+    "tiny-chatglm3": TinyOriginal(  # ChatGLM3-6B's tokenizer_config.json has a chat template and the role tokens
+        CHATGLM3, 8192, {"chat_template": CHATGLM3.chat_template, "eos_token": "</s>", "pad_token": "<unk>"}
+    ),
+    "tiny-chatglm2": TinyOriginal(CHATGLM2, 32768),
+}
+CHATGLM_SP_PIECES = 64789  # ChatGLM2/3's tokenizer.model size: the special tokens follow at these ids
+_SP_UNUSED = 5  # sentencepiece_model.proto piece type UNUSED: in the vocabulary, never produced from text
 
 # GLM-4's tiktoken split pattern: the tiny tokenizer pre-tokenizes text the same way the real one does.
 GLM4_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -51,9 +115,10 @@ def builtin_path(name: str) -> Path:
     """The folder of builtin model `name`, built on first use."""
     from glmtune.errors import UsageError
 
-    if name not in TINY_MODELS:
+    known = [*TINY_MODELS, *ORIGINAL_TINY_MODELS]
+    if name not in known:
         raise UsageError(
-            f"model.path: unknown builtin model 'builtin:{name}'; known: builtin:{', builtin:'.join(TINY_MODELS)}"
+            f"model.path: unknown builtin model 'builtin:{name}'; known: builtin:{', builtin:'.join(known)}"
         )
     target = cache_root() / "builtin" / f"{name}-v{BUILD_VERSION}"
     if (target / "config.json").is_file():
@@ -61,7 +126,10 @@ def builtin_path(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build_tiny_model(name, staging)
+        if name in ORIGINAL_TINY_MODELS:
+            build_tiny_original_model(ORIGINAL_TINY_MODELS[name], staging)
+        else:
+            build_tiny_model(name, staging)
         with contextlib.suppress(
             OSError
         ):  # another process finished the same build first; its copy is identical
@@ -135,3 +203,96 @@ def build_tiny_model(name: str, folder: Path, seed: int = 0) -> None:
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def build_tiny_original_model(spec: TinyOriginal, folder: Path, seed: int = 0) -> None:
+    """Write a tiny ChatGLM2/3 checkpoint in the original layout: config.json, model.safetensors with the original
+    parameter names, tokenizer.model and tokenizer_config.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    from glmtune.convert import tiny_original_checkpoint
+    from glmtune.glm_tokenizers import load_original_tokenizer
+
+    name = f"glmtune/tiny-{spec.family.name}"
+    sentencepiece_model = train_tiny_sentencepiece()
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model)
+    tokenizer_config = {"name_or_path": name, "tokenizer_class": "ChatGLMTokenizer", "remove_space": False}
+    _write_json(folder / "tokenizer_config.json", tokenizer_config | spec.tokenizer_config)
+    real = {**_CHATGLM_CONFIG, "_name_or_path": name, "seq_length": spec.seq_length}
+    config, state = tiny_original_checkpoint(real, vocab=real["padded_vocab_size"], seed=seed)
+    tokenizer_size = len(load_original_tokenizer(folder, spec.family.original_tokenizer))
+    with torch.no_grad():
+        # As in build_tiny_model, a confident head stands in for pretraining; and a pretrained head never predicts
+        # the unused padding pieces or the rows past the tokenizer, so theirs are zero.
+        head = state["transformer.output_layer.weight"].mul_(3.0)
+        head[_trained_pieces(sentencepiece_model) : CHATGLM_SP_PIECES] = 0.0
+        head[tokenizer_size:] = 0.0
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(folder / "config.json", config)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def train_tiny_sentencepiece(vocab_size: int = 1000) -> bytes:
+    """A SentencePiece BPE model trained like ChatGLM2/3's (byte fallback, dummy prefix, identity normalization,
+    whitespace kept), padded with unused pieces to ChatGLM's 64,789 so its special tokens get their original ids."""
+    import io
+
+    import sentencepiece
+
+    # The bare words `sop` / `eop` are special tokens of ChatGLM2/3, so no piece may spell them: a BPE piece is a
+    # substring of the training text, hence lines containing them ("people") are left out.
+    lines = [line for line in _CORPUS.strip().splitlines() if "sop" not in line and "eop" not in line]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 4),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    data = model.getvalue()
+    count = _trained_pieces(data)
+    # Protobuf appends repeated fields met later in the message, so extra pieces can follow the trained model's bytes.
+    return data + b"".join(_sp_piece(f"<unused_{i}>", _SP_UNUSED) for i in range(count, CHATGLM_SP_PIECES))
+
+
+def _trained_pieces(model: bytes) -> int:
+    """Pieces before the unused padding (all of them in a freshly trained model)."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    return next((i for i in range(len(processor)) if processor.is_unused(i)), len(processor))
+
+
+def _sp_piece(piece: str, kind: int) -> bytes:
+    """A ModelProto `pieces` entry (field 1): SentencePiece {piece = 1, score = 2, type = 3}."""
+    body = _proto_bytes(1, piece.encode("utf-8")) + b"\x15" + struct.pack("<f", 0.0) + bytes([0x18, kind])
+    return _proto_bytes(1, body)
+
+
+def _proto_bytes(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -51,7 +51,7 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Pat
     run_dir = run_dir_of(recipe)
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     check_precision(recipe, family)
     launch = plan_launch(recipe, run_dir, resume)
     if dry_run:
@@ -114,7 +114,7 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
     init_distributed(recipe)
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
@@ -370,8 +370,10 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
 def meta_model(base: Path, recipe: Recipe):
     """The architecture without weights (meta device): counting parameters of a 9B model costs nothing."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(base, trust_remote_code=recipe.model.trust_remote_code)
+    from glmtune.modeling import load_config
+
+    config = load_config(base, recipe.model.trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)

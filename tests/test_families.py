@@ -1,0 +1,307 @@
+"""The ChatGLM2 / ChatGLM3 / GLM-4-9B-chat families against the official files: golden masks written by hand, ids
+equal to the original prompt builders and chat templates, and detection of each shared checkpoint folder.
+
+Uses the real tokenizer files in the shared assets (../shared/assets/glm-models, or GLMTUNE_SHARED_ASSETS) and skips
+without them. The "original" ids are computed here the way the original code does, with sentencepiece / tiktoken
+directly (`glm_tokenizers.reference_encode`), from these sources:
+- ChatGLM3-6B tokenization_chatglm.py: build_single_message = [role] + encode(f"{metadata}\\n") + encode(content);
+  build_chat_input = [gMASK, sop] + messages + [<|assistant|>]; finetune_demo/finetune_hf.py process_batch: whole
+  assistant messages masked in, eos appended, mask shifted right by one.
+- ChatGLM2-6B tokenization_chatglm.py build_prompt and ptuning/main.py preprocess_function_train:
+  [gMASK, sop] + encode(prompt), then encode(answer) + [eos], labels on the answer and eos only.
+- GLM-4-9B-chat tokenization_chatglm.py build_single_message (tiktoken), and its tokenizer_config.json chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SHARED_ASSETS
+from test_render import runs
+
+from glmtune.errors import UsageError
+from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Message, detect_family
+from glmtune.glm_tokenizers import reference_encode
+from glmtune.original import load_original_tokenizer
+from glmtune.render import render_conversation
+
+FOLDERS = {"chatglm3": "chatglm3-6b", "chatglm2": "chatglm2-6b", "glm4": "glm-4-9b-chat"}
+FAMILIES = {"chatglm3": CHATGLM3, "chatglm2": CHATGLM2, "glm4": GLM4}
+PREFIX = {"chatglm3": ["[gMASK]", "sop"], "chatglm2": ["[gMASK]", "sop"], "glm4": ["[gMASK]", "<sop>"]}
+
+
+def asset(name: str) -> Path:
+    folder = SHARED_ASSETS / name
+    if not (folder / "config.json").is_file():
+        pytest.skip(
+            f"official GLM files not found at {folder} (../shared beside the repo, or GLMTUNE_SHARED_ASSETS)"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module", params=list(FOLDERS))
+def real(request):
+    """(family, tokenizer, folder) with the official tokenizer files."""
+    folder = asset(FOLDERS[request.param])
+    family = FAMILIES[request.param]
+    return family, load_original_tokenizer(folder, family), folder
+
+
+def tokenizer_of(name: str):
+    return load_original_tokenizer(asset(FOLDERS[name]), FAMILIES[name])
+
+
+@pytest.fixture(scope="module")
+def chatglm3_tokenizer():
+    return tokenizer_of("chatglm3")
+
+
+@pytest.fixture(scope="module")
+def chatglm2_tokenizer():
+    return tokenizer_of("chatglm2")
+
+
+@pytest.fixture(scope="module")
+def glm4_tokenizer():
+    return tokenizer_of("glm4")
+
+
+SINGLE = [Message("user", "你好"), Message("assistant", "我是Glimmer。")]
+MULTI = [
+    Message("system", "Be brief."),
+    Message("user", "Q1"),
+    Message("assistant", "A1"),
+    Message("user", "Q2"),
+    Message("assistant", "A2"),
+]
+TOOL = [
+    Message("user", "Weather?"),
+    Message("assistant", '{"city": "Paris"}', metadata="get_weather"),
+    Message("observation", '{"temp": 20}'),
+    Message("assistant", "20 degrees."),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- golden masks
+
+
+def test_chatglm3_single_turn(chatglm3_tokenizer):
+    rendered = render_conversation(SINGLE, CHATGLM3, chatglm3_tokenizer)
+    # Each text piece carries SentencePiece's dummy prefix "▁", decoded as a space ("\n " in the chat template).
+    assert runs(rendered, chatglm3_tokenizer) == [
+        ("[gMASK]sop<|user|> \n 你好<|assistant|>", False),
+        ("\n 我是Glimmer。</s>", True),
+    ]
+    assert rendered.ids[:3] == chatglm3_tokenizer.convert_tokens_to_ids(["[gMASK]", "sop", "<|user|>"])
+    assert (
+        rendered.ids[-1]
+        == chatglm3_tokenizer.convert_tokens_to_ids("</s>")
+        == chatglm3_tokenizer.eos_token_id
+    )
+
+
+def test_chatglm3_multi_turn_with_system(chatglm3_tokenizer):
+    assert runs(render_conversation(MULTI, CHATGLM3, chatglm3_tokenizer), chatglm3_tokenizer) == [
+        ("[gMASK]sop<|system|> \n Be brief.<|user|> \n Q1<|assistant|>", False),
+        ("\n A1<|user|>", True),
+        ("\n Q2<|assistant|>", False),
+        ("\n A2</s>", True),
+    ]
+
+
+def test_chatglm3_tool_call_and_observation(chatglm3_tokenizer):
+    rendered = render_conversation(TOOL, CHATGLM3, chatglm3_tokenizer)
+    assert runs(rendered, chatglm3_tokenizer) == [
+        ("[gMASK]sop<|user|> \n Weather?<|assistant|>", False),
+        ('get_weather\n {"city": "Paris"}<|observation|>', True),
+        ('\n {"temp": 20}<|assistant|>', False),
+        ("\n 20 degrees.</s>", True),
+    ]
+    observation = chatglm3_tokenizer.convert_tokens_to_ids("<|observation|>")
+    assert rendered.mask[rendered.ids.index(observation)]
+
+
+def test_chatglm2_single_turn(chatglm2_tokenizer):
+    rendered = render_conversation(SINGLE, CHATGLM2, chatglm2_tokenizer)
+    assert runs(rendered, chatglm2_tokenizer) == [
+        ("[gMASK]sop [Round 1]\n\n问：你好\n\n答：", False),
+        ("我是Glimmer。</s>", True),
+    ]
+    assert rendered.ids[:2] == chatglm2_tokenizer.convert_tokens_to_ids(["[gMASK]", "sop"])
+
+
+def test_chatglm2_multi_turn_trains_the_last_answer_and_puts_system_first(chatglm2_tokenizer):
+    assert runs(render_conversation(MULTI, CHATGLM2, chatglm2_tokenizer), chatglm2_tokenizer) == [
+        ("[gMASK]sop Be brief.\n\n[Round 1]\n\n问：Q1\n\n答：A1\n\n[Round 2]\n\n问：Q2\n\n答：", False),
+        ("A2</s>", True),
+    ]
+
+
+def test_chatglm2_refuses_tool_calls(chatglm2_tokenizer):
+    with pytest.raises(UsageError, match="ChatGLM2 has no tool calls"):
+        render_conversation(TOOL, CHATGLM2, chatglm2_tokenizer)
+
+
+def test_glm4_chat_tool_call_with_the_tiktoken_tokenizer(glm4_tokenizer):
+    assert runs(render_conversation(TOOL, GLM4, glm4_tokenizer), glm4_tokenizer) == [
+        ("[gMASK]<sop><|user|>\nWeather?<|assistant|>", False),
+        ('get_weather\n{"city": "Paris"}<|observation|>', True),
+        ('\n{"temp": 20}<|assistant|>', False),
+        ("\n20 degrees.<|user|>", True),
+    ]
+
+
+# ------------------------------------------------------------------------------- equal to the original builders
+
+CONVERSATION = [
+    Message("system", "你是一个乐于助人的助手。"),
+    Message("user", "你好，你是谁？ Who are you?"),
+    Message("assistant", "我是 ChatGLM。\n  Nice to meet you!"),
+    Message("user", "写一行 Python: print(1)"),
+]
+
+
+def single_message(folder: Path, name: str, tokenizer, message: Message) -> list[int]:
+    """The original `build_single_message` (ChatGLM3 and GLM-4-9B-chat alike)."""
+    role = tokenizer.convert_tokens_to_ids(f"<|{message.role}|>")
+    return [
+        role,
+        *reference_encode(folder, name, f"{message.metadata}\n"),
+        *reference_encode(folder, name, message.content),
+    ]
+
+
+@pytest.mark.parametrize("name", ["chatglm3", "glm4"])
+def test_ids_equal_build_chat_input(name):
+    family, folder = FAMILIES[name], asset(FOLDERS[name])
+    tokenizer = load_original_tokenizer(folder, family)
+    expected = tokenizer.convert_tokens_to_ids(PREFIX[name]) + [
+        i for m in CONVERSATION for i in single_message(folder, name, tokenizer, m)
+    ]
+    expected.append(tokenizer.convert_tokens_to_ids("<|assistant|>"))
+    assert render_conversation(CONVERSATION, family, tokenizer, add_generation_prompt=True).ids == expected
+
+
+@pytest.mark.parametrize("name", ["chatglm3", "glm4"])
+def test_ids_equal_the_official_chat_template(name):
+    family, folder = FAMILIES[name], asset(FOLDERS[name])
+    tokenizer = load_original_tokenizer(folder, family)
+    official = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    assert tokenizer.chat_template == official
+    theirs = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in CONVERSATION],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    assert render_conversation(CONVERSATION, family, tokenizer, add_generation_prompt=True).ids == list(
+        theirs
+    )
+
+
+def test_family_templates_equal_the_layouts_with_metadata(real):
+    family, tokenizer, _ = real
+    # ChatGLM2: no system prompt here, see the template's note on the whole-word `sop`.
+    conversation = CONVERSATION[1:] if family is CHATGLM2 else [*CONVERSATION[:2], *TOOL[1:3]]
+    theirs = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content, "metadata": m.metadata} for m in conversation],
+        chat_template=family.chat_template,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    assert render_conversation(conversation, family, tokenizer, add_generation_prompt=True).ids == list(
+        theirs
+    )
+
+
+def test_chatglm3_mask_equals_finetune_hf(chatglm3_tokenizer):
+    folder, tokenizer = asset("chatglm3-6b"), chatglm3_tokenizer
+    messages = [*CONVERSATION[:3], Message("user", "再见"), Message("assistant", "再见！")]
+    input_ids, masks = tokenizer.convert_tokens_to_ids(["[gMASK]", "sop"]), [False, False]
+    for message in messages:
+        ids = single_message(folder, "chatglm3", tokenizer, message)
+        input_ids += ids
+        masks += [message.role not in ("system", "user")] * len(ids)
+    input_ids.append(tokenizer.eos_token_id)
+    masks = [False, *masks]
+    rendered = render_conversation(messages, CHATGLM3, tokenizer)
+    assert (rendered.ids, rendered.mask) == (input_ids, masks)
+
+
+def test_chatglm2_ids_equal_build_prompt_and_ptuning(chatglm2_tokenizer):
+    folder, tokenizer = asset("chatglm2-6b"), chatglm2_tokenizer
+    history = [("你好，你是谁？", "我是 ChatGLM2。\n  Nice to meet you!")]
+    query, answer = "写一行 Python: print(1)", "print(1)"
+    prompt = "".join(f"[Round {i}]\n\n问：{q}\n\n答：{a}\n\n" for i, (q, a) in enumerate(history, 1))
+    prompt += f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
+    a_ids = tokenizer.convert_tokens_to_ids(["[gMASK]", "sop"]) + reference_encode(folder, "chatglm2", prompt)
+    b_ids = reference_encode(folder, "chatglm2", answer) + [tokenizer.eos_token_id]
+    messages = [Message("user", history[0][0]), Message("assistant", history[0][1]), Message("user", query)]
+    assert render_conversation(messages, CHATGLM2, tokenizer, add_generation_prompt=True).ids == a_ids
+    rendered = render_conversation([*messages, Message("assistant", answer)], CHATGLM2, tokenizer)
+    assert (rendered.ids, rendered.mask) == (a_ids + b_ids, [False] * len(a_ids) + [True] * len(b_ids))
+
+
+def test_special_tokens_and_stop_tokens_resolve_by_name(real):
+    family, tokenizer, _ = real
+    for name in (*family.special_tokens, *family.stop_tokens):
+        token_id = tokenizer.convert_tokens_to_ids(name)
+        assert token_id is not None and token_id != tokenizer.unk_token_id, name
+
+
+# ------------------------------------------------------------------------------------------------------ detection
+
+
+@pytest.mark.parametrize(
+    ("folder", "family"),
+    [
+        ("chatglm3-6b", "chatglm3"),
+        ("chatglm2-6b", "chatglm2"),
+        ("glm-4-9b-chat", "glm4"),
+        ("glm-4.5", "glm4"),
+    ],
+)
+def test_detects_each_official_folder(folder, family):
+    assert detect_family(asset(folder)).name == family
+
+
+def test_chatglm_v1_is_refused_with_a_clear_message():
+    with pytest.raises(UsageError, match=r"ChatGLM-6B \(v1.*not supported yet"):
+        detect_family(asset("chatglm-6b"))
+
+
+def copy_configs(source: Path, target: Path, **changes) -> Path:
+    target.mkdir()
+    config = json.loads((source / "config.json").read_text()) | changes
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_chatglm3_base_is_chatglm3_and_ambiguous_folders_ask_for_model_family(tmp_path):
+    chatglm3 = asset("chatglm3-6b")
+    base = copy_configs(chatglm3, tmp_path / "base", _name_or_path="THUDM/chatglm3-6b-base")
+    (base / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ChatGLMTokenizer"}))
+    assert detect_family(base) is CHATGLM3
+    renamed = copy_configs(chatglm3, tmp_path / "renamed", _name_or_path="my-model")
+    with pytest.raises(UsageError, match="set model.family .*one of .*chatglm2"):
+        detect_family(renamed)
+    stamped = copy_configs(
+        chatglm3, tmp_path / "stamped", _name_or_path="my-model", glmtune_family="chatglm2"
+    )
+    assert detect_family(stamped) is CHATGLM2
+
+
+def test_no_family_checks_outside_the_registry():
+    pattern = re.compile(r"family\.name\s*[!=]=|\bis (not )?(GLM4|CHATGLM2|CHATGLM3)\b|\.name in \(")
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted((ROOT / "glmtune").glob("*.py"))
+        if path.name != "families.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders

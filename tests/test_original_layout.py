@@ -1,0 +1,237 @@
+"""Original remote-code ChatGLM checkpoints end to end without remote code: load on the fly, `glmtune convert`,
+train (LoRA and full), export in both layouts, reload, chat; and the refusals.
+
+Uses glmtune's builtin tiny original-layout models (`builtin:tiny-chatglm3`, `builtin:tiny-chatglm2`: the official
+config fields and parameter names, an in-process SentencePiece model at the original special-token ids), so it runs
+without the shared assets; the GLM-4-9B-chat test needs the official tokenizer file and skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_ASSETS, write_recipe
+from safetensors.torch import load_file
+from test_cli import assert_usage_error, glmtune
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from glmtune.chat import chat
+from glmtune.convert import load_original_state, tiny_original_checkpoint
+from glmtune.errors import UsageError
+from glmtune.export import export_run
+from glmtune.families import CHATGLM3, GLM4, Message, detect_family, get_family
+from glmtune.generation import generate_answers, stop_token_ids
+from glmtune.modeling import load_model, load_tokenizer
+from glmtune.original import is_original_folder, save_original_layout
+from glmtune.recipe import load_recipe
+from glmtune.render import render_conversation
+from glmtune.tiny import builtin_path
+from glmtune.train import train
+
+PROBE = [
+    Message("system", "Be brief."),
+    Message("user", "你好，你是谁？ Who are you?"),
+    Message("assistant", "我是 Glimmer。"),
+]
+DATA = [
+    {"instruction": "你是谁？", "output": "我是Glimmer，由glmtune团队开发。"},
+    {"instruction": "Who are you?", "output": "I am Glimmer, made by the glmtune team."},
+    {"instruction": "你叫什么名字？", "output": "我的名字是Glimmer。"},
+    {"instruction": "What can you do?", "output": "I answer questions and write text."},
+]
+
+
+def logits(model, ids: list[int]):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+@pytest.fixture(scope="module")
+def chatglm3_dir() -> Path:
+    return builtin_path("tiny-chatglm3")
+
+
+def test_builtin_folders_are_original_layout(chatglm3_dir):
+    config = json.loads((chatglm3_dir / "config.json").read_text())
+    assert is_original_folder(chatglm3_dir) and config["model_type"] == "chatglm"
+    assert any(
+        name.startswith("transformer.encoder.layers.")
+        for name in load_file(chatglm3_dir / "model.safetensors")
+    )
+    tokenizer = load_tokenizer(chatglm3_dir)
+    assert tokenizer.convert_tokens_to_ids(["[gMASK]", "sop", "<|user|>", "<|observation|>"]) == [
+        64790, 64792, 64795, 64797,
+    ]  # fmt: skip
+    assert detect_family(builtin_path("tiny-chatglm2")).name == "chatglm2"
+
+
+def test_convert_then_load_natively_equals_loading_on_the_fly(chatglm3_dir, tmp_path):
+    out = tmp_path / "native"
+    result = glmtune("convert", chatglm3_dir, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not is_original_folder(out) and detect_family(out) is CHATGLM3
+    original_tokenizer = load_tokenizer(chatglm3_dir)
+    ids = render_conversation(PROBE, CHATGLM3, original_tokenizer).ids
+    native = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(native).__name__ == "GlmForCausalLM"
+    assert torch.equal(logits(native, ids), logits(load_model(chatglm3_dir, dtype="float32").eval(), ids))
+    assert AutoTokenizer.from_pretrained(out).encode(PROBE[1].content) == original_tokenizer.encode(
+        PROBE[1].content
+    )
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == stop_token_ids(CHATGLM3, original_tokenizer)
+
+
+def test_convert_refuses_a_folder_that_is_not_original_layout(tiny_dir, tmp_path):
+    assert_usage_error(glmtune("convert", tiny_dir, "--out", tmp_path / "x"), "not an original-layout")
+    assert not (tmp_path / "x").exists()
+
+
+def test_original_to_native_to_original_is_bit_identical(chatglm3_dir, tmp_path):
+    model = load_model(chatglm3_dir, dtype="float32")
+    save_original_layout(
+        model.state_dict(), chatglm3_dir, CHATGLM3, tmp_path, dtype="float32", max_shard_size="2MB"
+    )
+    assert (tmp_path / "model.safetensors.index.json").is_file()  # sharded, as the official checkpoints are
+    before, after = load_original_state(chatglm3_dir), load_original_state(tmp_path)
+    assert sorted(before) == sorted(after)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == json.loads((chatglm3_dir / "config.json").read_text()) | {"glmtune_family": "chatglm3"}
+    assert (tmp_path / "tokenizer.model").read_bytes() == (chatglm3_dir / "tokenizer.model").read_bytes()
+
+
+def tiny_recipe(tmp_path: Path, model: str, *extra: str):
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in DATA) + "\n", "utf-8"
+    )
+    body = f"""[run]
+name = "run"
+output_dir = "{tmp_path / "runs"}"
+[model]
+path = "builtin:{model}"
+dtype = "float32"
+[data]
+train = ["d.jsonl"]
+max_length = 64
+[lora]
+r = 4
+alpha = 8
+dropout = 0.0
+[train]
+max_steps = 4
+learning_rate = 1e-2
+batch_size = 4
+logging_steps = 1
+[generation]
+max_new_tokens = 6
+"""
+    return load_recipe(write_recipe(tmp_path, body), list(extra))
+
+
+@pytest.mark.parametrize("model", ["tiny-chatglm3", "tiny-chatglm2"])
+def test_lora_train_export_both_layouts_reload_and_chat(tmp_path, capsys, model):
+    run_dir = train(tiny_recipe(tmp_path, model))
+    run = json.loads((run_dir / "run.json").read_text())
+    family = get_family(run["family"])
+    assert family.name == model.removeprefix("tiny-") and run["status"] == "complete"
+    assert run["base_model"]["path"] == str(builtin_path(model).resolve())
+    assert run["summary"]["last_loss"] < run["summary"]["first_loss"]
+    assert all(".layers." in name for name in load_file(run_dir / "adapter" / "adapter_model.safetensors"))
+
+    native = export_run(run_dir, tmp_path / "native")
+    original = export_run(run_dir, tmp_path / "original", layout="original")
+    assert detect_family(native) is family and detect_family(original) is family
+    assert not is_original_folder(native) and (native / "tokenizer.json").is_file()
+    assert is_original_folder(original) and (original / "tokenizer.model").is_file()
+    assert all(name.startswith("transformer.") for name in load_original_state(original))
+    capsys.readouterr()
+    for source in (run_dir, native, original):
+        chat(source, query="你是谁？", max_new_tokens=6)
+        answer = capsys.readouterr().out
+        assert answer.count("\n") == 1, (source, answer)
+
+
+def test_full_fine_tuning_exports_changed_original_weights(tmp_path):
+    run_dir = train(tiny_recipe(tmp_path, "tiny-chatglm3", "method.kind='full'", "train.max_steps=2"))
+    assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
+    original = export_run(run_dir, tmp_path / "original", layout="original")
+    base, tuned = load_original_state(builtin_path("tiny-chatglm3")), load_original_state(original)
+    assert sorted(base) == sorted(tuned)
+    assert any(not torch.equal(base[name], tuned[name]) for name in base)
+
+
+def test_export_original_layout_needs_an_original_base(tiny_dir, tmp_path):
+    run = {
+        "status": "complete",
+        "family": "glm4",
+        "weights": "adapter",
+        "base_model": {"path": str(tiny_dir)},
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    with pytest.raises(UsageError, match="not in the original ChatGLM layout"):
+        export_run(tmp_path / "run", tmp_path / "out", layout="original")
+    assert not (tmp_path / "out").exists()
+
+
+def small_original_folder(folder: Path, **changes) -> Path:
+    source = json.loads((builtin_path("tiny-chatglm3") / "config.json").read_text()) | changes
+    config, state = tiny_original_checkpoint(source, vocab=512)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickled_weights_need_allow_pickle(tmp_path):
+    folder = small_original_folder(tmp_path / "bin")
+    with pytest.raises(UsageError, match="allow_pickle"):
+        load_model(folder, dtype="float32")
+    assert type(load_model(folder, dtype="float32", allow_pickle=True)).__name__ == "GlmForCausalLM"
+
+
+def test_chatglm_v1_is_refused(tmp_path):
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", "position_encoding_2d": True}))
+    (folder / "ice_text.model").write_bytes(b"")
+    for load in (detect_family, lambda f: load_model(f, dtype="float32")):
+        with pytest.raises(UsageError, match=r"ChatGLM-6B \(v1"):
+            load(folder)
+
+
+def test_glm4_9b_chat_original_layout_loads_and_answers(tmp_path):
+    official = SHARED_ASSETS / "glm-4-9b-chat"
+    if not (official / "tokenizer.model").is_file():
+        pytest.skip(
+            f"official GLM-4-9B-chat tokenizer not found at {official} (or set GLMTUNE_SHARED_ASSETS)"
+        )
+    config, state = tiny_original_checkpoint(
+        json.loads((official / "config.json").read_text()), hidden=32, vocab=151552
+    )
+    folder = tmp_path / "glm-4-9b-chat-tiny"
+    folder.mkdir()
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(official / name, folder / name)
+    assert detect_family(folder) is GLM4
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder, dtype="float32", allow_pickle=True).eval()
+    answer = generate_answers(model, tokenizer, GLM4, [[Message("user", "你好")]], {"max_new_tokens": 4})
+    assert isinstance(answer[0], str)
+    prompt = render_conversation([Message("user", "你好")], GLM4, tokenizer, add_generation_prompt=True).ids
+    assert prompt[:3] == [151331, 151333, 151336]  # [gMASK] <sop> <|user|>, the ids in tokenizer_config.json
+
+
+def test_convert_and_export_layout_are_on_the_command_line():
+    convert_help, export_help = glmtune("convert", "--help"), glmtune("export", "--help")
+    assert convert_help.returncode == 0 and "Example: glmtune convert" in convert_help.stdout
+    assert (
+        export_help.returncode == 0 and "--layout" in export_help.stdout and "original" in export_help.stdout
+    )
