@@ -37,13 +37,12 @@ def main() -> None:
 def _run(mode: str) -> dict[str, float]:
     import tempfile
 
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from transformers import PrinterCallback, Trainer
 
-    from glmtune.families import GLM4
-    from glmtune.modeling import load_model, load_tokenizer, resolve_model_path
+    from glmtune.modeling import family_for, load_model, load_tokenizer, resolve_model_path
     from glmtune.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
-    from glmtune.train import apply_method, training_arguments
+    from glmtune.train import apply_method, collator, training_arguments
 
     root = Path(__file__).resolve().parents[1]
     recipe = recipe_from_dict({
@@ -52,15 +51,12 @@ def _run(mode: str) -> dict[str, float]:
         "train": {"max_steps": STEPS, "batch_size": 8, "logging_steps": STEPS, "group_by_length": "group" in mode},
     }, where="bench")  # fmt: skip
     base = resolve_model_path(recipe.model.path)
-    tokenizer = load_tokenizer(base)
+    family = family_for(base)
+    tokenizer = load_tokenizer(base, family=family)
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare_data(recipe.data, GLM4, tokenizer, Path(scratch) / "data")
-        model = apply_method(load_model(base), recipe, GLM4, quiet=True)
-        padding = "max_length" if mode.startswith("fixed") else "longest"
-        collator = DataCollatorForSeq2Seq(
-            tokenizer, padding=padding, max_length=MAX_LENGTH, label_pad_token_id=-100
-        )
-        counter = _PaddingCounter(collator)
+        prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
+        model = apply_method(load_model(base), recipe, family, quiet=True)
+        counter = _PaddingCounter(collator(tokenizer, MAX_LENGTH if mode.startswith("fixed") else None))
         args = training_arguments(recipe, Path(scratch) / "checkpoints", has_eval=False)
         args.save_strategy = "no"
         trainer = Trainer(

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from glmtune.errors import UsageError
+from glmtune.rundir import atomic_write_text
 
 COMPLETE_MARKER = "glmtune-complete"  # written into a checkpoint folder after everything else in it
 
@@ -38,7 +39,7 @@ class MetricsLog(TrainerCallback):
             json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()
         ]
         kept = [entry for entry in entries if entry["step"] <= state.global_step]
-        self.path.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
+        atomic_write_text(self.path, "".join(json.dumps(entry) + "\n" for entry in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -95,17 +96,21 @@ class CheckpointMarker(TrainerCallback):
     """Marks a checkpoint complete once the Trainer finished writing it, so resume never picks a torn one."""
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / COMPLETE_MARKER).write_text(str(state.global_step))
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its part (its RNG state) of the checkpoint
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            temporary = folder / f".{COMPLETE_MARKER}.tmp"
+            temporary.write_text(str(state.global_step))
+            os.replace(temporary, folder / COMPLETE_MARKER)
 
 
 def latest_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
     """The newest checkpoint that has the completion marker, and the incomplete ones that were skipped."""
-    checkpoints = sorted(
-        folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True
-    )
+    numbered = [p for p in folder.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]
+    checkpoints = sorted(numbered, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True)
     skipped: list[Path] = []
     for checkpoint in checkpoints:
         if (checkpoint / COMPLETE_MARKER).is_file():

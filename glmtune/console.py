@@ -24,14 +24,14 @@ class Terminal:
         self.err = Console(stderr=True, highlight=False, quiet=not _is_rank_zero())
         self.stdout = Console(highlight=False, soft_wrap=True)
 
-    def info(self, message: str) -> None:
-        self.err.print(message)
+    def info(self, message: str, markup: bool = False) -> None:
+        self.err.print(message if markup else escape(message))
 
     def step(self, message: str) -> None:
-        self.err.print(f"[bold cyan]›[/] {message}")
+        self.err.print(f"[bold cyan]›[/] {escape(message)}")
 
     def ok(self, message: str) -> None:
-        self.err.print(f"[bold green]✓[/] {message}")
+        self.err.print(f"[bold green]✓[/] {escape(message)}")
 
     def warn(self, message: str) -> None:
         self.err.print(f"[bold yellow]warning:[/] {escape(message)}")
@@ -41,11 +41,11 @@ class Terminal:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
     def table(self, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         for column in columns:
             table.add_column(column, justify="left" if column == columns[0] else "right")
         for row in rows:
-            table.add_row(*(_cell(value) for value in row))
+            table.add_row(*(escape(_cell(value)) for value in row))
         self.err.print(table)
 
     def out(self, text: str = "", end: str = "\n", markup: bool = False) -> None:
@@ -125,6 +125,10 @@ def progress_callback():
         def on_train_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step)
+            self.close()
+
+        def close(self) -> None:
+            if self.progress is not None:
                 self.progress.stop()
                 self.progress = None
 

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from glmtune.console import term
 from glmtune.errors import UsageError
 from glmtune.export import generation_kwargs
@@ -79,7 +81,9 @@ def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
             continue
         labels = [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
         with torch.no_grad():
-            output = loaded.model(input_ids=torch.tensor([sample.ids]), labels=torch.tensor([labels]))
+            device = loaded.model.device
+            output = loaded.model(input_ids=torch.tensor([sample.ids], device=device),
+                                  labels=torch.tensor([labels], device=device))  # fmt: skip
         trained = sum(sample.mask[1:])  # the first token is never a target after the shift
         total += float(output.loss) * trained
         count += trained
@@ -111,4 +115,4 @@ def _report(results: dict[str, dict[str, float]]) -> None:
         [metric, *(f"{results[name].get(metric, float('nan')):.2f}" for name in names)] for metric in metrics
     ]
     term.table("evaluation", ["metric", *names], rows)
-    term.info(f"[dim]{METRIC_NOTES}[/]")
+    term.info(f"[dim]{escape(METRIC_NOTES)}[/]", markup=True)

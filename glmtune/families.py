@@ -192,6 +192,10 @@ CHATGLM2_CHAT_TEMPLATE = (
 _NATIVE_GLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
 # Original-layout checkpoints load as native `glm` (glmtune.convert), so LoRA wraps the native module names.
 _CONVERTED_TARGETS = {"glm": _NATIVE_GLM_TARGETS}
+# GLM-4.5 (glm4_moe): attention and the MLP projections. In transformers 5 the routed experts are fused 3-D parameters;
+# peft (0.21) maps gate/up/down_proj onto them (LoRA on `mlp.experts` parameters), and then leaves the dense first
+# layers and the shared experts, which carry the same names, unadapted.
+_MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _CHATGLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 
 
@@ -249,7 +253,7 @@ GLM4 = Family(
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
     model_types=("glm", "glm4", "glm4_moe"),
-    lora_targets={"glm": _NATIVE_GLM_TARGETS, "glm4": _NATIVE_GLM_TARGETS},
+    lora_targets={"glm": _NATIVE_GLM_TARGETS, "glm4": _NATIVE_GLM_TARGETS, "glm4_moe": _MOE_TARGETS},
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
     original_tokenizer="glm4",
     recognises=_is_glm4_chat,

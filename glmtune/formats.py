@@ -71,7 +71,12 @@ def read_examples(
 
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"{file}: cannot read it ({exc.strerror})") from None
     if file.suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -163,6 +168,12 @@ def _field(record: Mapping[str, Any], key: str, origin: str, fmt: str, required:
     return value
 
 
+def _text(value: Any, origin: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"{origin}: {where} must be a string, got {type(value).__name__}")
+    return value
+
+
 def _alpaca(record: Mapping[str, Any], origin: str) -> list[Message]:
     messages = []
     if system := _field(record, "system", origin, "alpaca", required=False):
@@ -171,7 +182,10 @@ def _alpaca(record: Mapping[str, Any], origin: str) -> list[Message]:
     if not isinstance(history, list) or any(not isinstance(p, list) or len(p) != 2 for p in history):
         raise UsageError(f"{origin}: field 'history' must be a list of [user, assistant] pairs")
     for user, assistant in history:
-        messages += [Message("user", str(user)), Message("assistant", str(assistant))]
+        messages += [
+            Message("user", _text(user, origin, "history")),
+            Message("assistant", _text(assistant, origin, "history")),
+        ]
     prompt = _field(record, "instruction", origin, "alpaca")
     if extra := _field(record, "input", origin, "alpaca", required=False):
         prompt = f"{prompt}\n{extra}" if prompt else extra
@@ -204,7 +218,8 @@ def _messages(record: Mapping[str, Any], origin: str) -> list[Message]:
         role = MESSAGE_ROLES.get(turn["role"])
         if role is None:
             raise UsageError(f"{origin}: unknown role {turn['role']!r}; use one of {', '.join(ROLES)}")
-        messages.append(Message(role, str(turn["content"]), str(turn.get("metadata") or "")))
+        content = _text(turn["content"], origin, f"messages[{len(messages)}].content")
+        messages.append(Message(role, content, _text(turn.get("metadata") or "", origin, "metadata")))
     return messages
 
 
@@ -218,5 +233,5 @@ def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
             raise UsageError(
                 f"{origin}: unknown sharegpt speaker {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}"
             )
-        messages.append(Message(role, str(turn["value"])))
+        messages.append(Message(role, _text(turn["value"], origin, f"conversations[{len(messages)}].value")))
     return messages

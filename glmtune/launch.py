@@ -35,17 +35,24 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
     if launch.strategy != "deepspeed":
         return None
     if launch.zero.endswith(".json"):
-        path = Path(launch.zero)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"launch.zero: DeepSpeed config {path} not found") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"{path}:{exc.lineno}: invalid JSON in the DeepSpeed config ({exc.msg})"
-            ) from None
-    preset = resources.files("glmtune") / "presets" / f"{launch.zero}.json"
-    return json.loads(preset.read_text(encoding="utf-8"))
+        config = _read_json(Path(launch.zero))
+    else:
+        config = json.loads(
+            (resources.files("glmtune") / "presets" / f"{launch.zero}.json").read_text(encoding="utf-8")
+        )
+    if zero_stage(config) == 3:
+        # Without it the Trainer saves a sharded DeepSpeed checkpoint instead of weights: the "empty ZeRO-3 save".
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return config
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"launch.zero: DeepSpeed config {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: invalid JSON in the DeepSpeed config ({exc.msg})") from None
 
 
 def zero_stage(config: dict[str, Any] | None) -> int:
@@ -72,7 +79,9 @@ def plan_launch(recipe: Recipe, run_dir: Path, resume: bool = False) -> LaunchPl
         }
     if launch.nodes > 1:
         command = [
-            "deepspeed",
+            sys.executable,  # the launcher of this environment's DeepSpeed, whether or not the venv is activated
+            "-m",
+            "deepspeed.launcher.runner",
             "--hostfile",
             str(launch.hostfile),
             "--num_nodes",
@@ -106,6 +115,8 @@ def plan_launch(recipe: Recipe, run_dir: Path, resume: bool = False) -> LaunchPl
 
 def run_workers(plan: LaunchPlan) -> None:
     result = subprocess.run(plan.command, env={**os.environ, **plan.env}, check=False)
+    if result.returncode == 2:
+        raise SystemExit(2)  # a worker already said what is wrong, in one line
     if result.returncode != 0:
         raise UsageError(f"training workers failed (exit code {result.returncode}); their messages are above")
 

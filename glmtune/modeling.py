@@ -54,11 +54,12 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
             f"{key}: {path} is not a folder; point it at a local model folder you downloaded (glmtune never downloads)"
         )
     if is_run_dir(folder):
-        return folder
-    if not (folder / "config.json").is_file():
         raise UsageError(
-            f"{key}: {path} has no config.json; it is not a model folder or glmtune run directory"
+            f"{key}: {path} is a glmtune run directory; export it first (glmtune export {path} --out DIR) "
+            "and point model.path at DIR to train on top of it"
         )
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{key}: {path} has no config.json; it is not a model folder")
     return folder
 
 
@@ -179,8 +180,18 @@ class Loaded:
     run: dict[str, Any] | None  # run.json when loaded from a run directory
 
 
-def load_for_inference(source: Path, *, dtype: str = "float32", merge: bool = False) -> Loaded:
-    """A model ready to generate from a run directory (base + adapter, or full weights) or a model folder."""
+def load_for_inference(source: Path, *, dtype: str = "auto", merge: bool = False) -> Loaded:
+    """A model ready to generate from a run directory (base + adapter, or full weights) or a model folder,
+    on the GPU when there is one."""
+    loaded = _load_for_inference(source, dtype=dtype, merge=merge)
+    import torch
+
+    if torch.cuda.is_available():
+        loaded.model.to("cuda")
+    return loaded
+
+
+def _load_for_inference(source: Path, *, dtype: str, merge: bool) -> Loaded:
     if not source.is_dir():
         raise UsageError(f"{source}: not found; give a glmtune run directory or an exported model folder")
     if is_run_dir(source):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune import __version__
 from glmtune.errors import UsageError
-from glmtune.families import Family
+from glmtune.families import Family, Message
 from glmtune.formats import Example, data_files, read_examples
 from glmtune.recipe import DataSection
-from glmtune.render import Rendered, render_sample
+from glmtune.render import Rendered, render_conversation, render_sample
 from glmtune.rundir import atomic_write_text, staged_dir
 
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
@@ -114,11 +115,22 @@ def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     digest.update(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(family.name.encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
+    digest.update(layout_fingerprint(family, tokenizer).encode())
     for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
         for file in data_files(paths, key):
             digest.update(str(file.resolve()).encode())
             digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
+
+
+PROBE = [Message("system", "s"), Message("user", "q1"), Message("assistant", "a1"), Message("user", "q2"),
+         Message("assistant", "a2")]  # fmt: skip
+
+
+def layout_fingerprint(family: Family, tokenizer) -> str:
+    """Ids and mask of a fixed conversation: a change in how glmtune renders or masks invalidates prepared data."""
+    rendered = render_conversation(PROBE, family, tokenizer)
+    return hashlib.sha256(json.dumps([__version__, rendered.ids, rendered.mask]).encode()).hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

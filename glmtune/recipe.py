@@ -28,7 +28,7 @@ class RunSection(Section):
 
 
 class ModelSection(Section):
-    path: str  # local folder, a glmtune run folder, or "builtin:tiny-glm4" / "builtin:tiny-glm"
+    path: str  # a local model folder (or an export), or "builtin:tiny-glm4" and the other builtin tiny models
     family: str = "auto"  # auto-detected from the folder; or a registered family name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
         "auto"  # auto: bf16 on a GPU that has it, else fp32
@@ -153,10 +153,22 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
+        problems = []
         if self.launch.quantize != "none" and self.method.kind != "lora":
-            raise ValueError(
+            problems.append(
                 "launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)"
             )
+        train = self.train
+        if train.keep_best and not self.data.eval:
+            problems.append("train.keep_best needs an eval split: set data.eval")
+        if train.keep_best and bool(train.eval_steps) != bool(train.save_steps):
+            problems.append(
+                "train.keep_best needs train.save_steps and train.eval_steps both set (or neither)"
+            )
+        if train.keep_best and train.eval_steps and train.save_steps and train.save_steps % train.eval_steps:
+            problems.append("train.keep_best needs train.save_steps to be a multiple of train.eval_steps")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +231,8 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
         if not isinstance(table, dict) or key not in table:
             continue
         value = table[key]
+        if (section, key) == ("launch", "zero") and not str(value).endswith(".json"):
+            continue  # a preset name, not a path
         if isinstance(value, str):
             table[key] = _resolve_one(value, folder)
         elif isinstance(value, list):
@@ -226,8 +240,8 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
 
 
 def _resolve_one(value: str, folder: Path) -> str:
-    if ":" in value.split("/")[0] or Path(value).is_absolute() or value in ZERO_PRESETS:
-        return value  # "builtin:..." names, preset names and absolute paths stay as they are
+    if ":" in value.split("/")[0] or Path(value).is_absolute():
+        return value  # "builtin:..." names and absolute paths stay as they are
     return str((folder / value).resolve())
 
 

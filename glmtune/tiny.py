@@ -29,9 +29,20 @@ from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Family
 
 BUILD_VERSION = "3"  # bump when the recipe below changes, so stale caches are rebuilt
 
-TINY_MODELS = {
-    "tiny-glm4": "glm4",
-    "tiny-glm": "glm",
+# name -> (transformers model_type, config fields beyond the shared tiny sizes)
+TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny-glm4": ("glm4", {}),
+    "tiny-glm": ("glm", {}),
+    "tiny-glm4-moe": (
+        "glm4_moe",
+        {
+            "moe_intermediate_size": 256,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),  # fmt: skip
 }
 
 # THUDM/chatglm3-6b's config.json (ChatGLM2-6B's differs only in seq_length); convert.tiny_original_checkpoint shrinks
@@ -179,8 +190,10 @@ def build_tiny_model(name: str, folder: Path, seed: int = 0) -> None:
 
     tokenizer = train_tiny_tokenizer()
     stop_ids = tokenizer.convert_tokens_to_ids(list(GLM4.stop_tokens))
+    model_type, extra = TINY_MODELS[name]
     config = AutoConfig.for_model(
-        TINY_MODELS[name],
+        model_type,
+        **extra,
         vocab_size=len(tokenizer),
         hidden_size=256,
         intermediate_size=768,

@@ -9,6 +9,8 @@ printing the plan.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from glmtune.families import Family
 from glmtune.launch import (
     deepspeed_config,
     estimate_memory,
+    has_cuda,
     init_distributed,
     plan_launch,
     refuse_impossible,
@@ -32,14 +35,15 @@ from glmtune.modeling import (
     lora_target_modules,
     quiet_libraries,
     resolve_model_path,
+    torch_dtype,
 )
-from glmtune.prepare import Prepared, prepare_data, stats_rows
+from glmtune.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
 from glmtune.recipe import Recipe
 from glmtune.rundir import (
     new_run_info,
-    read_run,
     replace_dir,
     run_dir_of,
+    staged_dir,
     update_run,
     write_recipe,
     write_run,
@@ -57,22 +61,33 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Pat
     if dry_run:
         show_plan(recipe, base, family, tokenizer, launch)
         return run_dir
-    _check_memory(recipe, base, family)
+    check_plan(recipe, base, family)
     if resume:
-        _check_resumable(run_dir, recipe)
-    else:
+        check_resumable(run_dir, recipe)
+    prepared = _prepare_into(run_dir, recipe, family, tokenizer)
+    if not resume:
         write_recipe(run_dir, recipe)
         write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
-    prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
-    term.table("data", *stats_rows(prepared.stats))
     if launch.command:
-        term.step(
-            f"launching {recipe.launch.processes_per_node * recipe.launch.nodes} DeepSpeed workers ({recipe.launch.zero})"
-        )
+        workers = recipe.launch.processes_per_node * recipe.launch.nodes
+        term.step(f"launching {workers} DeepSpeed workers ({recipe.launch.zero})")
         run_workers(launch)
     else:
-        train_here(recipe, run_dir, resume)
+        train_here(recipe, run_dir, resume, prepared)
     return run_dir
+
+
+def _prepare_into(run_dir: Path, recipe: Recipe, family: Family, tokenizer) -> Prepared:
+    """Prepare the data before anything else is written; a data error leaves no new run folder behind."""
+    created = not run_dir.exists()
+    try:
+        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+    except UsageError:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    term.table("data", *stats_rows(prepared.stats))
+    return prepared
 
 
 def check_precision(recipe: Recipe, family: Family) -> None:
@@ -83,18 +98,28 @@ def check_precision(recipe: Recipe, family: Family) -> None:
         )
 
 
-def _check_memory(recipe: Recipe, base: Path, family: Family) -> None:
-    from glmtune.modeling import torch_dtype
-
-    if str(torch_dtype(recipe.model.dtype)) == "torch.float32" and not recipe.launch.gpu_memory_gb:
-        return  # CPU run: no GPU memory to plan for
+def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
+    """LoRA targets and, where there is GPU memory to plan for, the memory estimate: before anything is written."""
     model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
-    refuse_impossible(estimate_memory(model, recipe, _count(model, trainable=True), _count(model)), recipe)
+    if has_cuda() or recipe.launch.gpu_memory_gb:
+        refuse_impossible(
+            estimate_memory(model, recipe, _count(model, trainable=True), _count(model)), recipe
+        )
 
 
-def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
-    if read_run(run_dir).get("method") != recipe.method.kind:
-        raise UsageError(f"{run_dir}: --resume needs the recipe this run started with (method differs)")
+def check_resumable(run_dir: Path, recipe: Recipe) -> None:
+    """A resume continues the same run: the recipe must be the one the run directory recorded."""
+    from glmtune.rundir import run_recipe
+
+    if not (run_dir / "recipe.toml").is_file():
+        raise UsageError(f"{run_dir}: no run to resume here; start it without --resume")
+    recorded = _flatten(run_recipe(run_dir).to_dict())
+    changed = sorted(k for k in recorded.keys() | _flatten(recipe.to_dict()).keys()
+                     if recorded.get(k) != _flatten(recipe.to_dict()).get(k))  # fmt: skip
+    if changed:
+        raise UsageError(
+            f"{run_dir}: --resume needs the recipe the run started with; changed: {', '.join(changed)}"
+        )
     checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise UsageError(
@@ -102,11 +127,21 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
         )
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _loading_flags(recipe: Recipe) -> dict[str, Any]:
     return {"allow_pickle": recipe.model.allow_pickle, "trust_remote_code": recipe.model.trust_remote_code}
 
 
-def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
+def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Prepared | None = None) -> None:
     """Train in this process (single, or one DeepSpeed worker of several)."""
     from glmtune.quantize import prepare_for_kbit_training, quantization_config
 
@@ -115,15 +150,16 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
-    prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+    if prepared is None:  # a DeepSpeed worker: the launching process prepared it, this only loads it
+        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
     model = load_model(
         base,
-        dtype=recipe.model.dtype,
+        dtype=_weights_dtype(recipe),
         trust_remote_code=recipe.model.trust_remote_code,
         allow_pickle=recipe.model.allow_pickle,
-        quantization_config=quantization_config(recipe.launch.quantize, _torch_dtype(recipe)),
+        quantization_config=quantization_config(recipe.launch.quantize, torch_dtype(recipe.model.dtype)),
     )
     if recipe.launch.quantize != "none":
         model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
@@ -132,6 +168,14 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
         update_run(run_dir, status="training")
     trainer = fit(model, tokenizer, prepared, args, run_dir, resume)
     save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
+
+
+def _weights_dtype(recipe: Recipe) -> str:
+    # Full fine-tuning in bf16/fp16 keeps fp32 master weights (the Trainer autocasts the compute): updates of a
+    # small learning rate would round away in 16-bit weights. LoRA trains fp32 adapters on a 16-bit base.
+    if recipe.method.kind == "full" and recipe.launch.strategy == "single":
+        return "float32"
+    return recipe.model.dtype
 
 
 def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
@@ -171,23 +215,13 @@ def _count(model, trainable: bool = False) -> int:
     )
 
 
-def _torch_dtype(recipe: Recipe):
-    from glmtune.modeling import torch_dtype
-
-    return torch_dtype(recipe.model.dtype)
-
-
 def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
     t = recipe.train
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     save_strategy = "steps" if t.save_steps else "epoch"
-    if t.keep_best and eval_strategy == "no":
-        raise UsageError("train.keep_best needs an eval split: set data.eval")
-    if t.keep_best and eval_strategy != save_strategy:
-        raise UsageError("train.keep_best needs train.save_steps equal to train.eval_steps (or neither set)")
-    dtype = str(_torch_dtype(recipe)).removeprefix("torch.")
+    dtype = str(torch_dtype(recipe.model.dtype)).removeprefix("torch.")
     ds_config = deepspeed_config(recipe)
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -214,7 +248,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
-        use_cpu=not _has_cuda() and ds_config is None,
+        use_cpu=not has_cuda() and ds_config is None,
         deepspeed=ds_config,
         accelerator_config={"use_configured_state": True} if ds_config else None,
         seed=recipe.run.seed,
@@ -223,40 +257,39 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        dataloader_pin_memory=_has_cuda(),
+        dataloader_pin_memory=has_cuda(),
     )
 
 
-def _has_cuda() -> bool:
-    import torch
+def collator(tokenizer, fixed_length: int | None = None):
+    """Pads each batch to its longest sample (or to `fixed_length`), on the right; padded labels are ignored."""
+    from transformers import DataCollatorForSeq2Seq
 
-    return torch.cuda.is_available()
+    padding = "max_length" if fixed_length else "longest"
+    return DataCollatorForSeq2Seq(tokenizer, padding=padding, max_length=fixed_length,
+                                  label_pad_token_id=IGNORE_INDEX, return_tensors="pt")  # fmt: skip
 
 
 def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False):
-    """Run the Trainer; batches are padded to their longest sample (labels with -100), on the right."""
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    """Run the Trainer with glmtune's callbacks; the progress bar is closed even when training fails."""
+    from transformers import PrinterCallback, Trainer
 
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
-    )
-    callbacks = [
-        progress_callback(),
-        MetricsLog(run_dir / "metrics.jsonl"),
-        LossCurve(run_dir / "loss.png"),
-        NanWatchdog(),
-        CheckpointMarker(),
-    ]
+    progress = progress_callback()
+    callbacks = [progress, MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
+                 NanWatchdog(), CheckpointMarker()]  # fmt: skip
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=prepared.splits["train"],
         eval_dataset=prepared.splits.get("eval"),
-        data_collator=collator,
+        data_collator=collator(tokenizer),
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; our progress bar shows the same
-    trainer.train(resume_from_checkpoint=_resume_point(run_dir) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=_resume_point(run_dir) if resume else None)
+    finally:
+        progress.close()
     return trainer
 
 
@@ -274,16 +307,20 @@ def save_outputs(trainer, tokenizer, recipe: Recipe, run_dir: Path, prepared: Pr
     """Every process takes part (ZeRO-3 gathers the weights); the main one writes and renames into place."""
     weights = "adapter" if recipe.method.kind == "lora" else "model"
     staging = run_dir / f".{weights}.partial"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left over from a crashed save
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
     probe = _final_logits(trainer, prepared)
+    trainer.accelerator.wait_for_everyone()  # every rank has finished writing before the folder moves
     if not trainer.is_world_process_zero():
         return
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; recipe.toml already says all of it
     replace_dir(staging, run_dir / weights)
-    tokenizer.save_pretrained(run_dir / "tokenizer")
+    with staged_dir(run_dir / "tokenizer") as folder:
+        tokenizer.save_pretrained(folder)
     _save_probe(run_dir, probe)
-    history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
-    summary = _summary(history, trainer.state)
+    summary = _summary(trainer.state)
     update_run(run_dir, status="complete", weights=weights, summary=summary)
     term.table("run summary", ["", "value"], summary.items())
     term.ok(f"run saved to {run_dir}")
@@ -304,13 +341,14 @@ def _save_probe(run_dir: Path, probe) -> None:
     from safetensors.torch import save_file
 
     ids, logits = probe
-    save_file(
-        {"input_ids": ids.contiguous(), "logits": logits.contiguous()},
-        str(run_dir / "final_logits.safetensors"),
-    )
+    target = run_dir / "final_logits.safetensors"
+    temporary = target.with_name(f".{target.name}.tmp")
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, str(temporary))
+    os.replace(temporary, target)
 
 
-def _summary(history: list[dict[str, Any]], state) -> dict[str, Any]:
+def _summary(state) -> dict[str, Any]:
+    history = state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     summary: dict[str, Any] = {

@@ -5,6 +5,7 @@ Every worker reads the same resolved recipe from the run directory; overrides ne
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def main() -> None:
 
         train_here(run_recipe(run_dir), run_dir, resume="--resume" in sys.argv[2:])
     except UsageError as exc:
-        term.error(str(exc))
+        if os.environ.get("RANK", "0") == "0":  # every rank hits the same problem; one line is enough
+            term.error(str(exc))
         sys.exit(2)
 
 

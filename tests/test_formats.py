@@ -125,3 +125,21 @@ def test_unknown_format_and_wrong_type(tmp_path):
 def test_missing_data_file(tmp_path):
     with pytest.raises(UsageError, match="data file .* not found"):
         read_examples([str(tmp_path / "none.jsonl")], "data.train", "auto", {}, None)
+
+
+def test_non_utf8_file_and_byte_order_mark(tmp_path):
+    (tmp_path / "latin.jsonl").write_bytes('{"instruction": "caf\xe9", "output": "o"}\n'.encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin\.jsonl: not UTF-8 text"):
+        read_examples([str(tmp_path / "latin.jsonl")], "data.train", "auto", {}, None)
+    (tmp_path / "bom.jsonl").write_bytes(
+        "\ufeff".encode() + jsonl({"instruction": "i", "output": "o"}).encode()
+    )
+    assert len(read_examples([str(tmp_path / "bom.jsonl")], "data.train", "auto", {}, None)) == 1
+
+
+def test_null_content_is_an_error_not_the_text_none(tmp_path):
+    record = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": None}]}
+    with pytest.raises(
+        UsageError, match=r"n\.jsonl:1: messages\[1\]\.content must be a string, got NoneType"
+    ):
+        read(tmp_path, "n.jsonl", jsonl(record))

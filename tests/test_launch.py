@@ -39,7 +39,7 @@ def test_multi_node_uses_the_deepspeed_launcher_with_the_recipes_hostfile(tmp_pa
     recipe_file.write_text(f'extends = "{DEMO}"\n[launch]\nstrategy = "deepspeed"\nnodes = 2\nhostfile = "hosts"\n'
                            'processes_per_node = 8\nmaster_addr = "10.0.0.1"\n')  # fmt: skip
     plan = plan_launch(load_recipe(recipe_file), tmp_path / "run")
-    assert plan.command[:3] == ["deepspeed", "--hostfile", str(tmp_path / "hosts")]
+    assert plan.command[1:5] == ["-m", "deepspeed.launcher.runner", "--hostfile", str(tmp_path / "hosts")]
     assert plan.command[plan.command.index("--master_addr") + 1] == "10.0.0.1"
     assert "--module" in plan.command and plan.command[-1].endswith("run")
 

@@ -61,14 +61,11 @@ def test_prepared_data_is_reused_until_something_changes(tmp_path, tokenizer, gl
 
 
 def test_batches_are_padded_to_their_longest_sample(tmp_path, tokenizer, glm4):
-    from transformers import DataCollatorForSeq2Seq
+    from glmtune.train import collator
 
     prepared = prepare_data(demo_recipe(tmp_path).data, glm4, tokenizer, tmp_path / "data")
     rows = [prepared.splits["train"][i] for i in range(4)]
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
-    )
-    batch = collator(rows)
+    batch = collator(tokenizer)(rows)
     longest = max(len(r["input_ids"]) for r in rows)
     assert batch["input_ids"].shape == (4, longest)
     shortest = min(range(4), key=lambda i: len(rows[i]["input_ids"]))
