@@ -211,7 +211,7 @@ def _turns(record: Mapping[str, Any], origin: str, fmt: str) -> list[Any]:
 
 
 def _messages(record: Mapping[str, Any], origin: str) -> list[Message]:
-    messages = []
+    messages: list[Message] = []
     for turn in _turns(record, origin, "messages"):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise UsageError(f"{origin}: each message needs 'role' and 'content'")
@@ -224,7 +224,7 @@ def _messages(record: Mapping[str, Any], origin: str) -> list[Message]:
 
 
 def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
-    messages = []
+    messages: list[Message] = []
     for turn in _turns(record, origin, "sharegpt"):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise UsageError(f"{origin}: each sharegpt turn needs 'from' and 'value'")

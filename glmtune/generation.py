@@ -40,7 +40,7 @@ def _generate_batch(
     import torch
 
     width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
+    pad = special_token_id(tokenizer, family.pad_token)
     # Left padding: every prompt ends where generation starts.
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)

@@ -140,13 +140,15 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     stage = zero_stage(deepspeed_config(recipe))
     offload = "offload" in recipe.launch.zero and recipe.launch.strategy == "deepspeed"
     width = torch_dtype(recipe.model.dtype).itemsize
-    weight_bytes = {"8bit": 1.0, "4bit": 0.55}.get(recipe.launch.quantize, width)
+    master_in_weights = recipe.method.kind == "full" and recipe.launch.strategy == "single"  # fp32 weights, see train
+    weight_bytes = {"8bit": 1.0, "4bit": 0.55}.get(recipe.launch.quantize, 4 if master_in_weights else width)
     weights = total * weight_bytes / (processes if stage == 3 else 1) * (0 if offload and stage == 3 else 1)
-    gradients = trainable * width / (processes if stage >= 2 else 1)
-    # Adam: fp32 master copy (mixed precision only), first and second moments.
-    optimizer = (
-        trainable * (8 + (4 if width < 4 else 0)) / (processes if stage >= 1 else 1) * (0 if offload else 1)
-    )
+    # LoRA adapters (peft keeps them fp32) and fp32 master weights train in fp32: no separate master copy.
+    trainable_width = 4 if recipe.method.kind == "lora" or master_in_weights else width
+    gradients = trainable * trainable_width / (processes if stage >= 2 else 1)
+    # Adam: first and second moments, plus an fp32 master copy when the trained weights are 16-bit.
+    adam_bytes = 8 + (4 if trainable_width < 4 else 0)
+    optimizer = trainable * adam_bytes / (processes if stage >= 1 else 1) * (0 if offload else 1)
     activations = _activation_bytes(config, recipe, width)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
     estimate = {name: value / GIB for name, value in parts.items()}
