@@ -140,7 +140,9 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     stage = zero_stage(deepspeed_config(recipe))
     offload = "offload" in recipe.launch.zero and recipe.launch.strategy == "deepspeed"
     width = torch_dtype(recipe.model.dtype).itemsize
-    master_in_weights = recipe.method.kind == "full" and recipe.launch.strategy == "single"  # fp32 weights, see train
+    master_in_weights = (
+        recipe.method.kind == "full" and recipe.launch.strategy == "single"
+    )  # fp32 weights, see train
     weight_bytes = {"8bit": 1.0, "4bit": 0.55}.get(recipe.launch.quantize, 4 if master_in_weights else width)
     weights = total * weight_bytes / (processes if stage == 3 else 1) * (0 if offload and stage == 3 else 1)
     # LoRA adapters (peft keeps them fp32) and fp32 master weights train in fp32: no separate master copy.
