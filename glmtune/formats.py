@@ -211,27 +211,24 @@ def _turns(record: Mapping[str, Any], origin: str, fmt: str) -> list[Any]:
 
 
 def _messages(record: Mapping[str, Any], origin: str) -> list[Message]:
-    messages: list[Message] = []
-    for turn in _turns(record, origin, "messages"):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise UsageError(f"{origin}: each message needs 'role' and 'content'")
-        role = MESSAGE_ROLES.get(turn["role"])
-        if role is None:
-            raise UsageError(f"{origin}: unknown role {turn['role']!r}; use one of {', '.join(ROLES)}")
-        content = _text(turn["content"], origin, f"messages[{len(messages)}].content")
-        messages.append(Message(role, content, _text(turn.get("metadata") or "", origin, "metadata")))
-    return messages
+    return _conversation(record, origin, "messages", ("role", "content"), MESSAGE_ROLES)
 
 
 def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
+    return _conversation(record, origin, "sharegpt", ("from", "value"), SHAREGPT_ROLES)
+
+
+def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[str, str],
+                  roles: Mapping[str, str]) -> list[Message]:  # fmt: skip
+    """Turns of a messages/sharegpt record; `keys` names its speaker and text fields."""
+    speaker, text = keys
     messages: list[Message] = []
-    for turn in _turns(record, origin, "sharegpt"):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise UsageError(f"{origin}: each sharegpt turn needs 'from' and 'value'")
-        role = SHAREGPT_ROLES.get(turn["from"])
+    for turn in _turns(record, origin, fmt):
+        if not isinstance(turn, dict) or speaker not in turn or text not in turn:
+            raise UsageError(f"{origin}: each {fmt} turn needs '{speaker}' and '{text}'")
+        role = roles.get(turn[speaker])
         if role is None:
-            raise UsageError(
-                f"{origin}: unknown sharegpt speaker {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}"
-            )
-        messages.append(Message(role, _text(turn["value"], origin, f"conversations[{len(messages)}].value")))
+            raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
+        content = _text(turn[text], origin, f"{fmt}[{len(messages)}].{text}")
+        messages.append(Message(role, content, _text(turn.get("metadata") or "", origin, "metadata")))
     return messages
