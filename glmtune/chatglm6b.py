@@ -16,7 +16,8 @@ original checkpoint loads by name with no conversion and LoRA can target `query_
   made the remote code's `from_pretrained` tie them).
 
 Masks and positions come from `input_ids` when not given, as in the original. `register()` lets the Auto classes
-load saved folders (config.json `model_type` "chatglm6b").
+load saved folders (config.json `model_type` "chatglm6b"). `glmtune export` copies this file into the exported folder
+as its remote code, so it imports nothing from glmtune that it cannot do without.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from transformers.configuration_utils import PretrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from glmtune.errors import UsageError
+try:
+    from glmtune.errors import UsageError
+except ImportError:  # running as an export's remote code without glmtune installed
+
+    class UsageError(ValueError):  # type: ignore[no-redef]
+        """A problem the user can fix."""
+
 
 MODEL_TYPE = "chatglm6b"  # not "chatglm": that name belongs to the remote code's config
 
@@ -145,13 +152,18 @@ def position_ids_2d(input_ids: Tensor, config: ChatGLM6BConfig, padding_mask: Te
     return torch.stack((positions, blocks), dim=1)
 
 
+def rotary_inv_freq(dim: int, device: torch.device | None = None) -> Tensor:
+    """RotaryEmbedding's `inv_freq` (base 10000), rounded to fp16 as the original does whatever the model dtype."""
+    exponents = torch.arange(0, dim, 2, device=device).float() / dim
+    return (1.0 / 10000**exponents).half()
+
+
 def rotary_tables(positions: Tensor, dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """RotaryEmbedding + the F.embedding lookup: (cos, sin) of [batch, 1, seq, dim] for `positions` [batch, seq]."""
-    # The original rounds inv_freq to fp16 (`inv_freq.half()`) whatever the model dtype, and an fp16 model computes
-    # the angles in fp16; doing the same keeps logits equal to the remote code's (fp32 exactly).
-    exponents = torch.arange(0, dim, 2, device=positions.device).float() / dim
+    # An fp16 model computes the angles in fp16 from the fp16-rounded inv_freq; doing the same keeps logits equal to
+    # the remote code's (fp32 exactly).
     angle_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    inv_freq = (1.0 / 10000**exponents).half().to(angle_dtype)
+    inv_freq = rotary_inv_freq(dim, positions.device).to(angle_dtype)
     freqs = positions.to(angle_dtype)[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -348,6 +360,22 @@ def register() -> None:
     """Let AutoConfig / AutoModelForCausalLM load folders saved with `model_type` "chatglm6b" (safe to call again)."""
     AutoConfig.register(MODEL_TYPE, ChatGLM6BConfig, exist_ok=True)
     AutoModelForCausalLM.register(ChatGLM6BConfig, ChatGLM6BForCausalLM, exist_ok=True)
+
+
+def original_state_dict(state: dict[str, Tensor], original: dict) -> dict[str, Tensor]:
+    """This model's state dict as the remote code saves it: the same names, a `lm_head.weight` of its own (safetensors
+    stores no aliases of the tied embedding), and each layer's persistent `rotary_emb.inv_freq` buffer in the
+    weights' dtype."""
+    head, embeddings = state["lm_head.weight"], state["transformer.word_embeddings.weight"]
+    out = dict(state)
+    if head.data_ptr() == embeddings.data_ptr():
+        out["lm_head.weight"] = head.clone()
+    # SelfAttention: RotaryEmbedding(head_dim // 2) with position_encoding_2d, one buffer per layer
+    head_dim = original["hidden_size"] // original["num_attention_heads"]
+    inv_freq = rotary_inv_freq(head_dim // 2).to(embeddings.dtype)
+    for i in range(original["num_layers"]):
+        out[f"transformer.layers.{i}.attention.rotary_emb.inv_freq"] = inv_freq.clone()
+    return out
 
 
 def tiny_original_checkpoint(

@@ -107,11 +107,12 @@ def convert(
         bool, typer.Option("--allow-pickle", help="Read pickled *.bin weights (only files you trust).")
     ] = False,
 ) -> None:
-    """Write an original-layout ChatGLM checkpoint once as transformers' native Glm model (no remote code)."""
+    """Write an original-layout ChatGLM checkpoint once as a native model: transformers' Glm (ChatGLM2/3, GLM-4), or
+    glmtune's ChatGLM-6B port (v1), which glmtune loads and exports; no remote code."""
     from glmtune.original import convert_checkpoint
 
     convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
-    term.ok(f"converted {source} to {out} (native glm; loads with AutoModelForCausalLM)")
+    term.ok(f"converted {source} to {out} (native layout, no remote code)")
 
 
 @app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')

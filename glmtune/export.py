@@ -3,8 +3,10 @@
 LoRA is merged into the base reloaded at full precision (never into quantized weights). The folder gets sharded
 safetensors, the tokenizer with its chat template, a generation_config.json with the family's stop tokens, a model
 card, and a small `modeling_glmtune_chat.py` so the ChatGLM snippet `AutoModel.from_pretrained(out,
-trust_remote_code=True).chat(tokenizer, query, history)` works too. Everything is written to a temporary folder
-and renamed into place only after the reloaded export's logits matched base + adapter.
+trust_remote_code=True).chat(tokenizer, query, history)` works too. A model whose class transformers does not ship
+(glmtune's ChatGLM-6B v1 port) takes its module file along as remote code, with config.json's auto_map pointing the
+Auto classes at it. Everything is written to a temporary folder and renamed into place only after the reloaded
+export's logits matched base + adapter.
 
 `--layout original` (for a run whose base is an original remote-code ChatGLM2/3 / GLM-4-9B-chat folder) writes the
 merged weights back under the original parameter names, with the base's config.json, tokenizer and code files, for
@@ -14,6 +16,9 @@ the tools that expect that layout; it is verified the same way, reloaded through
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +134,48 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     base_dtype = _base_dtype(run)
     model = model.to(getattr(torch, base_dtype))
     stamp_native(model, tokenizer, family, generation_kwargs(recipe.generation))
-    base_class = type(model).__name__
-    model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
+    code = model_code(model)
+    model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel", **code.auto_map}
     model.save_pretrained(folder, max_shard_size=recipe.export.max_shard_size)
     if not tokenizer.chat_template:
         tokenizer.chat_template = family.chat_template
     tokenizer.save_pretrained(folder)
-    (folder / f"{CHAT_MODULE}.py").write_text(CHAT_CODE.replace("BASE_CLASS", base_class), encoding="utf-8")
-    (folder / "README.md").write_text(_model_card(run, family, base_class, base_dtype), encoding="utf-8")
+    for source in code.files:
+        shutil.copy2(source, folder / source.name)
+    (folder / f"{CHAT_MODULE}.py").write_text(
+        CHAT_CODE.replace("BASE_IMPORT", code.base_import), encoding="utf-8"
+    )
+    card = _model_card(run, family, type(model).__name__, base_dtype, remote=bool(code.files))
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ModelCode:
+    """How a fresh process finds an exported model's class."""
+
+    base_import: str  # the line of modeling_glmtune_chat.py that imports the class as BaseModel
+    auto_map: dict[str, str]  # config.json auto_map entries beyond AutoModel
+    files: tuple[Path, ...]  # module files the export carries as remote code
+
+
+def model_code(model) -> ModelCode:
+    """transformers' own class, or (glmtune's ChatGLM-6B port) the class's module file copied into the export, which
+    AutoConfig and AutoModelForCausalLM then load with trust_remote_code=True."""
+    import transformers
+
+    model_class = type(model)
+    if getattr(transformers, model_class.__name__, None) is model_class:
+        return ModelCode(f"from transformers import {model_class.__name__} as BaseModel", {}, ())
+    source = Path(str(sys.modules[model_class.__module__].__file__))
+    module = source.stem
+    return ModelCode(
+        f"from .{module} import {model_class.__name__} as BaseModel",
+        {
+            "AutoConfig": f"{module}.{type(model.config).__name__}",
+            "AutoModelForCausalLM": f"{module}.{model_class.__name__}",
+        },
+        (source,),
+    )
 
 
 def generation_kwargs(generation: GenerationSection) -> dict[str, Any]:
@@ -171,22 +210,29 @@ def _scale(logits) -> float:
     return max(float(x.abs().max()) for x in logits)
 
 
-def _model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str) -> str:
+def _model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str, remote: bool) -> str:
+    trust = ", trust_remote_code=True" if remote else ""
+    where = (
+        "not a transformers class: it loads from the folder's own code, so even AutoTokenizer, which reads "
+        "config.json, needs trust_remote_code=True"
+        if remote
+        else "transformers' own class, no remote code"
+    )
     return f"""# Fine-tuned {family.title}
 
 Exported by glmtune from base model `{run["base_model"]["path"]}` ({run["method"]} fine-tuning), merged and saved
-as `{base_class}` in {dtype}. Stop tokens: {", ".join(family.stop_tokens)} (in generation_config.json).
+as `{base_class}` in {dtype} ({where}). Stop tokens: {", ".join(family.stop_tokens)} (in generation_config.json).
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(PATH)
-model = AutoModelForCausalLM.from_pretrained(PATH)
+tokenizer = AutoTokenizer.from_pretrained(PATH{trust})
+model = AutoModelForCausalLM.from_pretrained(PATH{trust})
 inputs = tokenizer.apply_chat_template([{{"role": "user", "content": "你是谁"}}], add_generation_prompt=True,
                                        return_tensors="pt", return_dict=True)
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
-ChatGLM style (`{CHAT_MODULE}.py` adds `chat()` to the native class; it runs only with trust_remote_code=True):
+ChatGLM style (`{CHAT_MODULE}.py` adds `chat()` to the model class; it runs only with trust_remote_code=True):
 
 ```python
 model = AutoModel.from_pretrained(PATH, trust_remote_code=True)
@@ -195,12 +241,12 @@ response, history = model.chat(tokenizer, "你是谁", history=[])
 """
 
 
-CHAT_CODE = '''"""ChatGLM-style `model.chat()` on the native transformers class; written by `glmtune export`, no other code needed."""
+CHAT_CODE = '''"""ChatGLM-style `model.chat()` on the exported model's class; written by `glmtune export`."""
 
-from transformers import BASE_CLASS
+BASE_IMPORT
 
 
-class GlmtuneChatModel(BASE_CLASS):
+class GlmtuneChatModel(BaseModel):
     def chat(self, tokenizer, query, history=None, role="user", max_new_tokens=256, **generate_kwargs):
         """Answer `query` after `history` (dicts with role/content, or (query, response) pairs); returns (response, history)."""
         messages = []

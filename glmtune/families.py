@@ -5,9 +5,10 @@ them are trained), the stop tokens, the LoRA target modules per architecture and
 checkpoint folder. No other module asks which family it is; they read the record.
 
 Families: `glm4` (GLM-4 native, and glm-4-9b-chat in its original remote-code layout), `chatglm3` (ChatGLM3-6B and
--base, original layout) and `chatglm2` (ChatGLM2-6B, original layout). Sources of the format facts are cited at each
-layout: the official tokenizer_config.json chat templates and the original `tokenization_chatglm.py`,
-`modeling_chatglm.py` and fine-tuning scripts of THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
+-base, original layout), `chatglm2` (ChatGLM2-6B, original layout) and `chatglm` (ChatGLM-6B v1, original layout or
+glmtune's native port). Sources of the format facts are cited at each layout: the official tokenizer_config.json chat
+templates and the original `tokenization_chatglm.py`, `modeling_chatglm.py` and fine-tuning scripts of
+THUDM/ChatGLM-6B, THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Piece:
 
 
 Layout = Callable[[Sequence[Message], bool], list[Piece]]
-# (config.json, tokenizer_config.json) of an original-layout folder -> does it belong to this family?
-Recogniser = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+# (folder, its config.json, its tokenizer_config.json) of an original-layout folder -> does it belong to this family?
+Recogniser = Callable[[Path, Mapping[str, Any], Mapping[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,8 @@ def _chatglm2_layout(messages: Sequence[Message], add_generation_prompt: bool) -
     # answers are part of the prompt text, tokenized jointly with it. ChatGLM2 has no system prompt; glmtune puts it
     # in front of the rounds followed by a blank line (ptuning's `source_prefix` is prepended the same way).
     # A prompt ending in a question always ends with "答：", which is its generation prompt.
-    system, rounds = _chatglm2_rounds(messages)
-    prompt = system
+    system, rounds = _question_answer_rounds(messages, "ChatGLM2")
+    prompt = f"{system}\n\n" if system is not None else ""
     for number, (question, answer) in enumerate(rounds, 1):
         prompt += f"[Round {number}]\n\n问：{question}\n\n答："
         if answer is not None and number < len(rounds):
@@ -147,22 +148,54 @@ def _chatglm2_layout(messages: Sequence[Message], add_generation_prompt: bool) -
     return pieces
 
 
-def _chatglm2_rounds(messages: Sequence[Message]) -> tuple[str, list[tuple[str, str | None]]]:
-    """(system text, [(question, answer or None)]) of a conversation in ChatGLM2's round format."""
-    system = ""
+def _chatglm_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+    # ChatGLM-6B v1 (modeling_chatglm.py `chat` / `stream_chat`): the prompt is the query alone when there is no
+    # history, else "[Round i]\n问：{q}\n答：{a}\n" per past round (i from 0) then "[Round n]\n问：{q}\n答：", ONE
+    # text; tokenization_chatglm.py `build_inputs_with_special_tokens` appends `[gMASK]<sop>` AFTER it (v1 puts the
+    # prefix tokens at the end of the context), then the answer (encoded separately) and `<eop>`.
+    # ptuning/main.py `preprocess_function_train` builds `a_ids + [gMASK, <sop>] + b_ids + [<eop>]` with labels
+    # `[-100] * context_length + input_ids[context_length:]`, context_length being the index of `<sop>`: `<sop>`
+    # itself is a target (predicted at the `[gMASK]` position), then the answer and `<eop>`. Only that last answer
+    # is trained; past answers are prompt text. v1 has no system prompt; glmtune puts it in front of the prompt
+    # followed by v1's line break "\n" (ptuning prepends its `source_prefix` to the prompt the same way).
+    system, rounds = _question_answer_rounds(messages, "ChatGLM-6B")
+    history, query = rounds[:-1], rounds[-1][0] if rounds else ""
+    prompt = f"{system}\n" if system is not None else ""
+    if history:
+        prompt += "".join(f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history))
+        prompt += f"[Round {len(history)}]\n问：{query}\n答："
+    else:
+        prompt += query
+    pieces = [Piece(prompt), Piece("[gMASK]", special=True)]
+    final_answer = rounds[-1][1] if rounds else None
+    if final_answer is None:
+        return [*pieces, Piece("<sop>", special=True)]
+    turn = len(messages) - 1
+    return pieces + [
+        Piece("<sop>", special=True, train=True, turn=turn),
+        Piece(final_answer, train=True, turn=turn),
+        Piece("<eop>", special=True, train=True, turn=turn),
+    ]
+
+
+def _question_answer_rounds(
+    messages: Sequence[Message], model: str
+) -> tuple[str | None, list[tuple[str, str | None]]]:
+    """(system text or None, [(question, answer or None)]) of a conversation in ChatGLM(2)'s round format."""
+    system = None
     rounds: list[tuple[str, str | None]] = []
     for index, message in enumerate(messages):
         if message.role == "system" and index == 0:
-            system = f"{message.content}\n\n"
+            system = message.content
         elif message.role == "user" and (not rounds or rounds[-1][1] is not None):
             rounds.append((message.content, None))
         elif message.role == "assistant" and rounds and rounds[-1][1] is None and not message.metadata:
             rounds[-1] = (rounds[-1][0], message.content)
         else:
             raise UsageError(
-                f"ChatGLM2 renders a leading system message then user/assistant rounds; message {index + 1} "
+                f"{model} renders a leading system message then user/assistant rounds; message {index + 1} "
                 f"({message.role}{', with a tool call' if message.metadata else ''}) does not fit "
-                "(ChatGLM2 has no tool calls or observations)"
+                f"({model} has no tool calls or observations)"
             )
     return system, rounds
 
@@ -189,6 +222,22 @@ CHATGLM2_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
 )
 
+# ChatGLM-6B v1 ships no template; this one renders `_chatglm_layout`: the query alone without history, else the
+# rounds from 0, `[gMASK]<sop>` after the last question, `<eop>` after a final answer.
+CHATGLM_CHAT_TEMPLATE = (
+    "{% set ns = namespace(rounds=0, round=0) %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.rounds = ns.rounds + 1 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] + '\\n' }}"
+    "{% elif m['role'] == 'user' %}"
+    "{% if ns.rounds == 1 %}{{ m['content'] }}"
+    "{% else %}{{ '[Round ' + ns.round|string + ']\\n问：' + m['content'] + '\\n答：' }}{% endif %}"
+    "{% set ns.round = ns.round + 1 %}{% if ns.round == ns.rounds %}{{ '[gMASK]<sop>' }}{% endif %}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}"
+    "{% if ns.round < ns.rounds %}{{ '\\n' }}{% else %}{{ '<eop>' }}{% endif %}"
+    "{% endif %}{% endfor %}{% if ns.rounds == 0 %}{{ '[gMASK]<sop>' }}{% endif %}"
+)
+
 _NATIVE_GLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
 # Original-layout checkpoints load as native `glm` (glmtune.convert), so LoRA wraps the native module names.
 _CONVERTED_TARGETS = {"glm": _NATIVE_GLM_TARGETS}
@@ -203,7 +252,7 @@ def _names(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> st
     return f"{config.get('_name_or_path', '')} {tokenizer_config.get('name_or_path', '')}".lower()
 
 
-def _is_glm4_chat(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+def _is_glm4_chat(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
     # glm-4-9b-chat: the 151,552-row GLM-4 vocabulary and a tiktoken `tokenizer.model`.
     return (
         config.get("padded_vocab_size") == 151552
@@ -211,7 +260,7 @@ def _is_glm4_chat(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]
     )
 
 
-def _is_chatglm3(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+def _is_chatglm3(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
     # ChatGLM2 and 3 share tokenizer.model and the config fields; ChatGLM3's tokenizer_config lists its role tokens.
     mentions_roles = "<|user|>" in json.dumps(tokenizer_config, ensure_ascii=False)
     return config.get("padded_vocab_size") == 65024 and (
@@ -219,13 +268,25 @@ def _is_chatglm3(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any])
     )
 
 
-def _is_chatglm2(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+def _is_chatglm2(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
     names = _names(config, tokenizer_config)
     return (
         config.get("padded_vocab_size") == 65024
         and "chatglm2" in names
-        and not _is_chatglm3(config, tokenizer_config)
+        and not _is_chatglm3(folder, config, tokenizer_config)
     )
+
+
+def is_chatglm6b_config(config: Mapping[str, Any]) -> bool:
+    """A remote-code ChatGLM-6B (v1) config.json: its own fields (ChatGLM2/3 and GLM-4 have padded_vocab_size)."""
+    return config.get("model_type") == "chatglm" and (
+        "position_encoding_2d" in config or "inner_hidden_size" in config
+    )
+
+
+def _is_chatglm6b(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
+    # ice_text.model is v1's SentencePiece file; its successors ship tokenizer.model
+    return is_chatglm6b_config(config) or (folder / "ice_text.model").is_file()
 
 
 GLM4 = Family(
@@ -299,7 +360,29 @@ CHATGLM2 = Family(
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )
 
-REGISTRY: dict[str, Family] = {family.name: family for family in (GLM4, CHATGLM3, CHATGLM2)}
+CHATGLM = Family(
+    name="chatglm",
+    title="ChatGLM-6B (v1: original remote-code layout, loaded as glmtune's native port)",
+    special_tokens=("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>"),
+    eos_token="<eop>",
+    pad_token="<pad>",
+    # config.json eos_token_id 130005 (<eop>): what `chat()`'s generate stops on (no generation_config.json)
+    stop_tokens=("<eop>",),
+    layout=_chatglm_layout,
+    chat_template=CHATGLM_CHAT_TEMPLATE,
+    model_types=("chatglm6b",),  # glmtune.chatglm6b: full fine-tuning runs and exports save this model_type
+    lora_targets={"chatglm6b": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")},
+    turn_end_note=(
+        "the last answer ends with <eop> and is the only trained turn; <sop> before it is trained too, as "
+        "ptuning/main.py labels every position from <sop> on (the [gMASK] position predicts <sop>); earlier rounds "
+        "are prompt text, so mask_history changes nothing"
+    ),
+    original_tokenizer="chatglm",
+    recognises=_is_chatglm6b,
+    fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
+)
+
+REGISTRY: dict[str, Family] = {family.name: family for family in (GLM4, CHATGLM3, CHATGLM2, CHATGLM)}
 
 
 def get_family(name: str) -> Family:
@@ -343,14 +426,11 @@ def detect_family(folder: Path) -> Family:
 
 
 def _detect_original(folder: Path, config: Mapping[str, Any]) -> Family:
-    if (folder / "ice_text.model").is_file() or "padded_vocab_size" not in config:
-        raise UsageError(
-            f"{folder}: ChatGLM-6B (v1: ice_text.model, no padded_vocab_size in config.json) is not supported yet; "
-            "use ChatGLM2-6B, ChatGLM3-6B or GLM-4-9B-chat"
-        )
     tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
     matches = [
-        f for f in REGISTRY.values() if f.recognises is not None and f.recognises(config, tokenizer_config)
+        f
+        for f in REGISTRY.values()
+        if f.recognises is not None and f.recognises(folder, config, tokenizer_config)
     ]
     if len(matches) != 1:
         candidates = ", ".join(f.name for f in matches or REGISTRY.values() if f.recognises is not None)

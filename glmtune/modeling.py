@@ -2,7 +2,9 @@
 
 Nothing here downloads: a path must be a local folder. Pickled weights are refused unless the recipe allows them,
 and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and GLM-4-9B-chat folders
-load as transformers' native `GlmForCausalLM`, converted in memory (`glmtune.original`), never through their code.
+load as transformers' native `GlmForCausalLM`, converted in memory, and ChatGLM-6B v1 folders as glmtune's port
+`ChatGLM6BForCausalLM` (`glmtune.original`), never through their code. The port is registered with the Auto classes
+before any Auto load, so saved and exported v1 folders (model_type "chatglm6b") load like native ones.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
     return folder
 
 
+def register_ports() -> None:
+    """Make glmtune's own architectures (the ChatGLM-6B v1 port) known to the Auto classes."""
+    from glmtune.chatglm6b import register
+
+    register()
+
+
 def family_for(folder: Path, requested: str = "auto") -> Family:
     return detect_family(folder) if requested == "auto" else get_family(requested)
 
@@ -87,6 +96,7 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family
     if is_original_folder(folder):
         tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
     else:
+        register_ports()  # AutoTokenizer reads config.json through AutoConfig
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "right"
     return tokenizer
@@ -101,7 +111,8 @@ def load_model(
     quantization_config: Any = None,
 ):
     """A causal LM from a local folder. An original-layout ChatGLM2/3 / GLM-4-9B-chat folder is converted to the
-    native `GlmForCausalLM` in memory, so its remote code is never needed (trust_remote_code is not used for it)."""
+    native `GlmForCausalLM` in memory and a ChatGLM-6B v1 folder loads into glmtune's port, so their remote code is
+    never needed (trust_remote_code is not used for them)."""
     from transformers import AutoModelForCausalLM
 
     from glmtune.original import is_original_folder, load_original_model
@@ -113,6 +124,7 @@ def load_model(
             allow_pickle=allow_pickle,
             quantization_config=quantization_config,
         )
+    register_ports()
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise UsageError(
@@ -129,16 +141,16 @@ def load_model(
 
 
 def load_config(folder: Path, trust_remote_code: bool = False):
-    """The model config transformers builds the architecture from (the native `GlmConfig` of an original-layout
-    folder), e.g. for a weightless model on the meta device."""
+    """The model config transformers builds the architecture from (the native `GlmConfig` or glmtune's
+    `ChatGLM6BConfig` of an original-layout folder), e.g. for a weightless model on the meta device; the
+    Auto classes know every config it returns."""
     from transformers import AutoConfig
 
-    from glmtune.original import is_original_folder, original_config
+    from glmtune.original import is_original_folder, loading_config, original_config
 
+    register_ports()
     if is_original_folder(folder):
-        from glmtune.convert import native_config
-
-        return native_config(original_config(folder))
+        return loading_config(original_config(folder))
     return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 

@@ -1,11 +1,12 @@
-"""Original remote-code checkpoints (ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat) without their code.
+"""Original remote-code checkpoints (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat) without their code.
 
-Their Python files no longer run on transformers 5, but the architecture is transformers' native `GlmForCausalLM`
-(`glmtune.convert` maps the tensors). So an original-layout folder (config.json model_type "chatglm") is loaded by
-converting in memory: `load_original_model` and `load_original_tokenizer` need no remote code and write nothing.
-`convert_checkpoint` (`glmtune convert`) writes a native folder once; `save_original_layout` writes native weights
-back under the original parameter names beside the base's own config.json and tokenizer files
-(`glmtune export --layout original`).
+Their Python files no longer run on transformers 5. The architecture of ChatGLM2/3 and GLM-4-9B-chat is transformers'
+native `GlmForCausalLM` (`glmtune.convert` maps the tensors); ChatGLM-6B v1 (config.json with v1's own fields) loads
+as glmtune's port `glmtune.chatglm6b.ChatGLM6BForCausalLM`, whose parameter names are the original ones. So an
+original-layout folder (config.json model_type "chatglm") is loaded in memory: `load_original_model` and
+`load_original_tokenizer` need no remote code and write nothing. `convert_checkpoint` (`glmtune convert`) writes a
+native folder once; `save_original_layout` writes native weights back under the original parameter names beside the
+base's own config.json and tokenizer files (`glmtune export --layout original`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from glmtune import chatglm6b
 from glmtune.convert import is_original_layout, load_original_state, native_config, to_native, to_original
 from glmtune.errors import UsageError
-from glmtune.families import FAMILY_KEY, Family, detect_family, get_family, read_json
+from glmtune.families import FAMILY_KEY, Family, detect_family, get_family, is_chatglm6b_config, read_json
 from glmtune.rundir import staged_dir
 
 # Files of an original checkpoint that describe it beside the weights: copied into an original-layout export so
@@ -31,24 +33,39 @@ def is_original_folder(folder: Path) -> bool:
 
 
 def original_config(folder: Path) -> dict[str, Any]:
-    """The original config.json dict, checked to be a convertible ChatGLM2/3 / GLM-4 layout."""
+    """The original config.json dict, checked to be a layout glmtune loads (ChatGLM-6B v1, ChatGLM2/3, GLM-4)."""
     config = read_json(folder / "config.json")
     try:
-        native_config(config)
+        loading_config(config)
     except UsageError as exc:  # its message starts with "config.json: ..."; say which one
         raise UsageError(f"{folder}/{exc}") from None
     return config
 
 
+def loading_config(original: dict[str, Any]):
+    """The transformers config an original config.json loads as: glmtune's ChatGLM-6B port for v1 (registered with
+    the Auto classes), transformers' native `GlmConfig` for ChatGLM2/3 and GLM-4."""
+    if is_chatglm6b_config(original):
+        chatglm6b.register()
+        return chatglm6b.ChatGLM6BConfig.from_original(original)
+    return native_config(original)
+
+
 def load_original_model(folder: Path, *, dtype, allow_pickle: bool = False, quantization_config: Any = None):
-    """`GlmForCausalLM` with the folder's weights, converted in memory; every checkpoint tensor must be used."""
+    """The folder's weights in glmtune's port (v1: same names) or `GlmForCausalLM` (converted in memory); every
+    checkpoint tensor must be used."""
     from transformers import GlmForCausalLM
 
     original = original_config(folder)
-    state = to_native(load_original_state(folder, allow_pickle=allow_pickle), original)
-    loaded: Any = GlmForCausalLM.from_pretrained(
+    config = loading_config(original)
+    state = load_original_state(folder, allow_pickle=allow_pickle)
+    if isinstance(config, chatglm6b.ChatGLM6BConfig):
+        model_class: Any = chatglm6b.ChatGLM6BForCausalLM
+    else:
+        model_class, state = GlmForCausalLM, to_native(state, original)
+    loaded: Any = model_class.from_pretrained(
         None,
-        config=native_config(original),
+        config=config,
         state_dict=state,
         dtype=dtype,
         quantization_config=quantization_config,
@@ -62,7 +79,7 @@ def load_original_model(folder: Path, *, dtype, allow_pickle: bool = False, quan
         )
         raise UsageError(f"{folder}: the weights do not fit config.json ({details})")
     # peft reads the config at name_or_path to tell whether the vocabulary was resized; here that would be the
-    # original ChatGLM config.json, not a GlmConfig (and a missing name is looked up on the Hub as "None").
+    # original ChatGLM config.json, not the loading config (and a missing name is looked up on the Hub as "None").
     model.config._name_or_path = model.name_or_path = ""
     return model
 
@@ -127,7 +144,8 @@ def _torch_dtype(name: str):
 
 
 def _check_written(folder: Path, expected: dict[str, Any]) -> None:
-    """Every tensor of `expected` reads back from the folder's safetensors bit-identical (one tensor at a time)."""
+    """Every tensor of `expected` reads back from the folder's safetensors bit-identical (one tensor at a time); of
+    tied tensors (one tensor under several names, saved once) any one name will do."""
     import torch
     from safetensors import safe_open
 
@@ -138,7 +156,10 @@ def _check_written(folder: Path, expected: dict[str, Any]) -> None:
                 if name in expected and not torch.equal(handle.get_tensor(name), expected[name]):
                     raise RuntimeError(f"{file.name}: {name} differs from the converted tensor")
                 seen.add(name)
-    if missing := sorted(set(expected) - seen):
+    tied: dict[tuple[int, tuple[int, ...]], set[str]] = {}
+    for name, tensor in expected.items():
+        tied.setdefault((tensor.data_ptr(), tuple(tensor.shape)), set()).add(name)
+    if missing := sorted(min(names) for names in tied.values() if not names & seen):
         raise RuntimeError(f"{folder}: tensors not written: {', '.join(missing[:3])}")
 
 
@@ -151,7 +172,11 @@ def save_original_layout(
 
     original = original_config(base)
     cast = {name: tensor.detach().to(getattr(torch, dtype)).contiguous() for name, tensor in state.items()}
-    write_shards(to_original(cast, original), folder, max_shard_size)
+    if is_chatglm6b_config(original):
+        tensors = chatglm6b.original_state_dict(cast, original)
+    else:
+        tensors = to_original(cast, original)
+    write_shards(tensors, folder, max_shard_size)
     config = {**original, FAMILY_KEY: family.name, "torch_dtype": dtype}
     (folder / "config.json").write_text(
         json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

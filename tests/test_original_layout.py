@@ -195,14 +195,21 @@ def test_pickled_weights_need_allow_pickle(tmp_path):
     assert type(load_model(folder, dtype="float32", allow_pickle=True)).__name__ == "GlmForCausalLM"
 
 
-def test_chatglm_v1_is_refused(tmp_path):
+def test_chatglm_v1_checkpoints_the_port_does_not_implement_are_refused(tmp_path):
+    # ChatGLM-6B v1 itself loads (tests/test_chatglm6b_family.py); its int4/int8 and P-tuning variants do not
     folder = tmp_path / "v1"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", "position_encoding_2d": True}))
     (folder / "ice_text.model").write_bytes(b"")
-    for load in (detect_family, lambda f: load_model(f, dtype="float32")):
-        with pytest.raises(UsageError, match=r"ChatGLM-6B \(v1"):
-            load(folder)
+    for extra, message in (
+        ({"quantization_bit": 4}, "quantization_bit=4"),
+        ({"pre_seq_len": 128}, "pre_seq_len"),
+    ):
+        (folder / "config.json").write_text(
+            json.dumps({"model_type": "chatglm", "position_encoding_2d": True, **extra})
+        )
+        assert detect_family(folder).name == "chatglm"
+        with pytest.raises(UsageError, match=message):
+            load_model(folder, dtype="float32")
 
 
 def test_glm4_9b_chat_original_layout_loads_and_answers(tmp_path):
