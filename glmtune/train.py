@@ -100,6 +100,12 @@ def check_precision(recipe: Recipe, family: Family) -> None:
 
 def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
     """LoRA targets and, where there is GPU memory to plan for, the memory estimate: before anything is written."""
+    import importlib.util
+
+    if "tensorboard" in recipe.train.report_to and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError(
+            "train.report_to: tensorboard is not installed; pip install tensorboard, or remove it"
+        )
     model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
     if has_cuda() or recipe.launch.gpu_memory_gb:
         refuse_impossible(

@@ -94,3 +94,13 @@ def test_loss_curve_is_drawn(tmp_path):
     run_dir = train(demo(tmp_path, "train.max_steps=3", "train.logging_steps=1"))
     png = run_dir / "loss.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensorboard_logging_needs_the_package(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(UsageError, match="tensorboard is not installed"):
+        train(demo(tmp_path, "train.report_to=['tensorboard']"))
+    assert not any(tmp_path.iterdir())

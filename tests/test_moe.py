@@ -25,3 +25,12 @@ def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
     merged = load_file(out / "model.safetensors")
     assert any(".experts." in name for name in merged)  # saved in the checkpoint layout transformers writes
     assert all(torch.isfinite(t).all() for t in merged.values())
+
+
+def test_tiny_glm4_moe_full_fine_tuning_exports(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "demo.toml", [f"run.output_dir={tmp_path}", "model.path='builtin:tiny-glm4-moe'",
+                                                         "method.kind='full'", "train.max_steps=3"])  # fmt: skip
+    run_dir = train(recipe)
+    assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
+    out = export_run(run_dir, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "glm4_moe"
