@@ -40,3 +40,44 @@ def write_recipe(folder: Path, body: str, name: str = "recipe.toml") -> Path:
     path = folder / name
     path.write_text(body, encoding="utf-8")
     return path
+
+
+TINY_DATA = [
+    {"instruction": "你是谁？", "output": "我是Glimmer，由glmtune团队开发。"},
+    {"instruction": "Who are you?", "output": "I am Glimmer, made by the glmtune team."},
+    {"instruction": "你叫什么名字？", "output": "我的名字是Glimmer。"},
+    {"instruction": "What can you do?", "output": "I answer questions and write text."},
+]
+
+
+def tiny_recipe(folder: Path, model: str, *overrides: str):
+    """A few-step LoRA recipe on four self-cognition records, for end-to-end tests of one family."""
+    import json
+
+    from glmtune.recipe import load_recipe
+
+    (folder / "d.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in TINY_DATA), "utf-8"
+    )
+    body = f"""[run]
+name = "run"
+output_dir = "{folder / "runs"}"
+[model]
+path = "{model}"
+dtype = "float32"
+[data]
+train = ["d.jsonl"]
+max_length = 64
+[lora]
+r = 4
+alpha = 8
+dropout = 0.0
+[train]
+max_steps = 4
+learning_rate = 1e-2
+batch_size = 4
+logging_steps = 1
+[generation]
+max_new_tokens = 6
+"""
+    return load_recipe(write_recipe(folder, body), list(overrides))

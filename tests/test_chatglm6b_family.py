@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_ASSETS, write_recipe
+from conftest import SHARED_ASSETS, tiny_recipe
 from safetensors.torch import load_file, save_file
 from test_cli import glmtune
 from test_render import runs
@@ -38,7 +38,6 @@ from glmtune.families import CHATGLM, Message, detect_family
 from glmtune.glm_tokenizers import reference_encode
 from glmtune.modeling import load_config, load_for_inference
 from glmtune.original import is_original_folder, load_original_tokenizer
-from glmtune.recipe import load_recipe
 from glmtune.render import render_conversation, render_sample
 from glmtune.train import train
 
@@ -205,13 +204,6 @@ def test_detects_v1_folders(tmp_path, config, files):
 
 # ------------------------------------------------------------------------------------------------------ end to end
 
-DATA = [
-    {"instruction": "你是谁？", "output": "我是Glimmer，由glmtune团队开发。"},
-    {"instruction": "Who are you?", "output": "I am Glimmer, made by the glmtune team."},
-    {"instruction": "你叫什么名字？", "output": "我的名字是Glimmer。"},
-    {"instruction": "What can you do?", "output": "I answer questions and write text."},
-]
-
 
 @pytest.fixture(scope="module")
 def tiny_v1(official, tokenizer, tmp_path_factory) -> Path:
@@ -232,34 +224,6 @@ def tiny_v1(official, tokenizer, tmp_path_factory) -> Path:
     for name in ("ice_text.model", "tokenizer_config.json"):
         shutil.copy(official / name, folder / name)
     return folder
-
-
-def tiny_recipe(folder: Path, model: Path, *overrides: str):
-    (folder / "d.jsonl").write_text(
-        "\n".join(json.dumps(r, ensure_ascii=False) for r in DATA) + "\n", "utf-8"
-    )
-    body = f"""[run]
-name = "run"
-output_dir = "{folder / "runs"}"
-[model]
-path = "{model}"
-dtype = "float32"
-[data]
-train = ["d.jsonl"]
-max_length = 64
-[lora]
-r = 4
-alpha = 8
-dropout = 0.0
-[train]
-max_steps = 4
-learning_rate = 1e-2
-batch_size = 4
-logging_steps = 1
-[generation]
-max_new_tokens = 6
-"""
-    return load_recipe(write_recipe(folder, body), list(overrides))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_ASSETS, write_recipe
+from conftest import SHARED_ASSETS, tiny_recipe
 from safetensors.torch import load_file
 from test_cli import assert_usage_error, glmtune
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,7 +27,6 @@ from glmtune.families import CHATGLM3, GLM4, Message, detect_family, get_family
 from glmtune.generation import generate_answers, stop_token_ids
 from glmtune.modeling import load_model, load_tokenizer
 from glmtune.original import is_original_folder, save_original_layout
-from glmtune.recipe import load_recipe
 from glmtune.render import render_conversation
 from glmtune.tiny import builtin_path
 from glmtune.train import train
@@ -36,12 +35,6 @@ PROBE = [
     Message("system", "Be brief."),
     Message("user", "你好，你是谁？ Who are you?"),
     Message("assistant", "我是 Glimmer。"),
-]
-DATA = [
-    {"instruction": "你是谁？", "output": "我是Glimmer，由glmtune团队开发。"},
-    {"instruction": "Who are you?", "output": "I am Glimmer, made by the glmtune team."},
-    {"instruction": "你叫什么名字？", "output": "我的名字是Glimmer。"},
-    {"instruction": "What can you do?", "output": "I answer questions and write text."},
 ]
 
 
@@ -105,37 +98,9 @@ def test_original_to_native_to_original_is_bit_identical(chatglm3_dir, tmp_path)
     assert (tmp_path / "tokenizer.model").read_bytes() == (chatglm3_dir / "tokenizer.model").read_bytes()
 
 
-def tiny_recipe(tmp_path: Path, model: str, *extra: str):
-    (tmp_path / "d.jsonl").write_text(
-        "\n".join(json.dumps(r, ensure_ascii=False) for r in DATA) + "\n", "utf-8"
-    )
-    body = f"""[run]
-name = "run"
-output_dir = "{tmp_path / "runs"}"
-[model]
-path = "builtin:{model}"
-dtype = "float32"
-[data]
-train = ["d.jsonl"]
-max_length = 64
-[lora]
-r = 4
-alpha = 8
-dropout = 0.0
-[train]
-max_steps = 4
-learning_rate = 1e-2
-batch_size = 4
-logging_steps = 1
-[generation]
-max_new_tokens = 6
-"""
-    return load_recipe(write_recipe(tmp_path, body), list(extra))
-
-
 @pytest.mark.parametrize("model", ["tiny-chatglm3", "tiny-chatglm2"])
 def test_lora_train_export_both_layouts_reload_and_chat(tmp_path, capsys, model):
-    run_dir = train(tiny_recipe(tmp_path, model))
+    run_dir = train(tiny_recipe(tmp_path, f"builtin:{model}"))
     run = json.loads((run_dir / "run.json").read_text())
     family = get_family(run["family"])
     assert family.name == model.removeprefix("tiny-") and run["status"] == "complete"
@@ -157,7 +122,7 @@ def test_lora_train_export_both_layouts_reload_and_chat(tmp_path, capsys, model)
 
 
 def test_full_fine_tuning_exports_changed_original_weights(tmp_path):
-    run_dir = train(tiny_recipe(tmp_path, "tiny-chatglm3", "method.kind='full'", "train.max_steps=2"))
+    run_dir = train(tiny_recipe(tmp_path, "builtin:tiny-chatglm3", "method.kind='full'", "train.max_steps=2"))
     assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
     original = export_run(run_dir, tmp_path / "original", layout="original")
     base, tuned = load_original_state(builtin_path("tiny-chatglm3")), load_original_state(original)
