@@ -27,6 +27,7 @@ import torch
 from conftest import SHARED_ASSETS, tiny_recipe
 from safetensors.torch import load_file, save_file
 from test_cli import glmtune
+from test_families import MULTI, SINGLE
 from test_render import runs
 
 from glmtune import chatglm6b
@@ -57,16 +58,6 @@ def official() -> Path:
 @pytest.fixture(scope="module")
 def tokenizer(official):
     return load_original_tokenizer(official, CHATGLM)
-
-
-SINGLE = [Message("user", "你好"), Message("assistant", "我是Glimmer。")]
-MULTI = [
-    Message("system", "Be brief."),
-    Message("user", "Q1"),
-    Message("assistant", "A1"),
-    Message("user", "Q2"),
-    Message("assistant", "A2"),
-]
 
 
 # ---------------------------------------------------------------------------------------------------- golden masks
