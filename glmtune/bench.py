@@ -22,7 +22,7 @@ COPIES = 8
 
 
 def main() -> None:
-    from glmtune.modeling import quiet_libraries
+    from glmtune.checkpoints.load import quiet_libraries
 
     quiet_libraries()
     _run("dynamic")  # warm-up: first-call costs (allocator, kernels) would otherwise land on the first mode
@@ -42,10 +42,10 @@ def _run(mode: str) -> dict[str, float]:
 
     from transformers import PrinterCallback, Trainer
 
-    from glmtune.modeling import family_for, load_model, load_tokenizer, resolve_model_path
-    from glmtune.prepare import prepare_data
+    from glmtune.checkpoints.load import family_for, load_model, load_tokenizer, resolve_model_path
+    from glmtune.data.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
-    from glmtune.train import apply_method, collator, training_arguments
+    from glmtune.training.train import apply_method, collator, training_arguments
 
     root = Path(__file__).resolve().parents[1]
     recipe = recipe_from_dict({

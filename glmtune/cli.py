@@ -54,7 +54,7 @@ def prepare(
     show: Annotated[int, typer.Option(help="Print N samples with trained tokens in green.")] = 0,
 ) -> None:
     """Tokenize the recipe's data into its run directory (reused by train when unchanged)."""
-    from glmtune.prepare import prepare_run
+    from glmtune.data.prepare import prepare_run
 
     prepare_run(_recipe(recipe, set_), show=show)
 
@@ -71,7 +71,7 @@ def train(
     ] = False,
 ) -> None:
     """Fine-tune with LoRA or full fine-tuning; writes a self-describing run directory."""
-    from glmtune.train import train as run_training
+    from glmtune.training.train import train as run_training
 
     run_training(_recipe(recipe, set_), dry_run=dry_run, resume=resume)
 
@@ -88,7 +88,7 @@ def export(
     ] = Layout.native,
 ) -> None:
     """Merge the run's adapter into its base and write a model that loads with plain transformers."""
-    from glmtune.export import export_run
+    from glmtune.checkpoints.export import export_run
 
     export_run(source, out, layout=layout.value)
 
@@ -109,7 +109,7 @@ def convert(
 ) -> None:
     """Write an original-layout ChatGLM checkpoint once as a native model: transformers' Glm (ChatGLM2/3, GLM-4), or
     glmtune's ChatGLM-6B port (v1), which glmtune loads and exports; no remote code."""
-    from glmtune.original import convert_checkpoint
+    from glmtune.checkpoints.original import convert_checkpoint
 
     convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
     term.ok(f"converted {source} to {out} (native layout, no remote code)")
@@ -130,7 +130,7 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with a run or an exported model; without --query an interactive REPL (/clear, /system TEXT, /exit)."""
-    from glmtune.chat import chat as run_chat
+    from glmtune.inference.chat import chat as run_chat
 
     run_chat(source, query=query, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
 
@@ -144,7 +144,7 @@ def evaluate(
     set_: SetOpt = None,
 ) -> None:
     """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side."""
-    from glmtune.evaluate import evaluate_source
+    from glmtune.inference.evaluate import evaluate_source
 
     evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [])
 

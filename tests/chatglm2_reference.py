@@ -1,7 +1,7 @@
 """A pure-torch forward of the ORIGINAL ChatGLM2/3 / GLM-4 (remote-code) architecture, to test the conversion.
 
 Written from THUDM's `modeling_chatglm.py` (ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat) and reading the
-original-layout state dict directly, so it shares no code with `glmtune.convert` or transformers' Glm.
+original-layout state dict directly, so it shares no code with `glmtune.checkpoints.convert` or transformers' Glm.
 Kept in the original's own conventions on purpose ([seq, batch, ...] tensors, the rope cache of (cos, sin)
 pairs, the fused qkv split, `expand` of the kv groups, `chunk`-based swiglu): a test comparing it with
 `GlmForCausalLM` then checks the mapping, not a re-derivation of it. Inference only, no kv cache, no padding.

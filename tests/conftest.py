@@ -17,14 +17,14 @@ SHARED_ASSETS = Path(
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    from glmtune.tiny import builtin_path
+    from glmtune.checkpoints.tiny import builtin_path
 
     return builtin_path("tiny-glm4")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
-    from glmtune.modeling import load_tokenizer
+    from glmtune.checkpoints.load import load_tokenizer
 
     return load_tokenizer(tiny_dir)
 

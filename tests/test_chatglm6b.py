@@ -3,7 +3,7 @@
 `reference_*` below is a pure-torch forward written from THUDM/chatglm-6b's `modeling_chatglm.py` in the original's
 own conventions ([seq, batch, ...] tensors, the fp16-rounded inv_freq cache looked up with F.embedding, the
 per-head qkv split, baddbmm with the layer-scaled query, `seq.index` for the masks and positions), reading the
-original-layout state dict directly, so it shares no code with `glmtune.chatglm6b`. Inference only, no cache.
+original-layout state dict directly, so it shares no code with `glmtune.families.modeling_chatglm6b`. Inference only, no cache.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from conftest import SHARED_ASSETS
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from glmtune.chatglm6b import (
+from glmtune.errors import UsageError
+from glmtune.families.modeling_chatglm6b import (
     ORIGINAL_FIELDS,
     ChatGLM6BConfig,
     ChatGLM6BForCausalLM,
@@ -28,7 +29,6 @@ from glmtune.chatglm6b import (
     register,
     tiny_original_checkpoint,
 )
-from glmtune.errors import UsageError
 
 MASK, GMASK, SOP, PAD = 130000, 130001, 130004, 3
 PROMPT = [5, 6, 7, GMASK, SOP, 8, 9]

@@ -30,17 +30,17 @@ from test_cli import glmtune
 from test_families import MULTI, SINGLE
 from test_render import runs
 
-from glmtune import chatglm6b
-from glmtune.chat import chat
-from glmtune.convert import load_original_state
+from glmtune.checkpoints.convert import load_original_state
+from glmtune.checkpoints.export import export_run
+from glmtune.checkpoints.load import load_config, load_for_inference
+from glmtune.checkpoints.original import is_original_folder, load_original_tokenizer
+from glmtune.data.render import render_conversation, render_sample
 from glmtune.errors import UsageError
-from glmtune.export import export_run
 from glmtune.families import CHATGLM, Message, detect_family
-from glmtune.glm_tokenizers import reference_encode
-from glmtune.modeling import load_config, load_for_inference
-from glmtune.original import is_original_folder, load_original_tokenizer
-from glmtune.render import render_conversation, render_sample
-from glmtune.train import train
+from glmtune.families import modeling_chatglm6b as chatglm6b
+from glmtune.families.tokenizers import reference_encode
+from glmtune.inference.chat import chat
+from glmtune.training.train import train
 
 GMASK, SOP, EOP = 130001, 130004, 130005  # the official ids, checked against the tokenizer by name below
 
@@ -240,10 +240,10 @@ def test_lora_run_trains_the_port_without_remote_code(lora_run):
 
 def test_native_export_reloads_in_a_fresh_process_with_its_own_code(lora_run, exports):
     native = exports["native"]
-    assert (native / "chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
+    assert (native / "modeling_chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
     config = json.loads((native / "config.json").read_text())
     assert config["model_type"] == "chatglm6b" and config["glmtune_family"] == "chatglm"
-    assert config["auto_map"]["AutoModelForCausalLM"] == "chatglm6b.ChatGLM6BForCausalLM"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chatglm6b.ChatGLM6BForCausalLM"
     assert json.loads((native / "generation_config.json").read_text())["eos_token_id"] == [EOP]
     script = f"""
 import json, sys

@@ -1,4 +1,4 @@
-"""glmtune.convert: parameter names vs the official indexes, exact round trip, logits vs the original
+"""glmtune.checkpoints.convert: parameter names vs the official indexes, exact round trip, logits vs the original
 architecture, and checkpoint loading (safetensors shards; pickled .bin only on request)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import GlmForCausalLM
 
-from glmtune.convert import (
+from glmtune.checkpoints.convert import (
     is_original_layout,
     load_original_state,
     native_config,

@@ -12,7 +12,7 @@ from conftest import ROOT
 from safetensors.torch import load_file
 from test_cli import glmtune
 
-from glmtune.modeling import load_for_inference
+from glmtune.checkpoints.load import load_for_inference
 
 pytestmark = pytest.mark.deepspeed
 

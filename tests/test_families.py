@@ -22,11 +22,11 @@ import pytest
 from conftest import ROOT, SHARED_ASSETS
 from test_render import runs
 
+from glmtune.checkpoints.original import load_original_tokenizer
+from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
 from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Message, detect_family
-from glmtune.glm_tokenizers import reference_encode
-from glmtune.original import load_original_tokenizer
-from glmtune.render import render_conversation
+from glmtune.families.tokenizers import reference_encode
 
 FOLDERS = {"chatglm3": "chatglm3-6b", "chatglm2": "chatglm2-6b", "glm4": "glm-4-9b-chat"}
 FAMILIES = {"chatglm3": CHATGLM3, "chatglm2": CHATGLM2, "glm4": GLM4}

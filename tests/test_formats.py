@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from glmtune.data.formats import read_examples
 from glmtune.errors import UsageError
 from glmtune.families import Message
-from glmtune.formats import read_examples
 
 
 def read(tmp_path, name, content, fmt="auto", variables=None, system=None):

@@ -1,4 +1,4 @@
-"""glmtune.glm_tokenizers against the original GLM tokenizer files (../shared/assets/glm-models).
+"""glmtune.families.tokenizers against the original GLM tokenizer files (../shared/assets/glm-models).
 
 Ground truth is `reference_encode`: the original tokenizers' algorithms run with sentencepiece / tiktoken directly.
 Tests that need the original files skip when they are absent (a user's clone has no ../shared).
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from glmtune.errors import UsageError
-from glmtune.glm_tokenizers import (
+from glmtune.families.tokenizers import (
     FAMILIES,
     GLM4_PATTERN,
     VOCAB_FILES,

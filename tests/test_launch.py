@@ -8,9 +8,9 @@ from conftest import ROOT
 from safetensors.torch import load_file
 
 from glmtune.errors import UsageError
-from glmtune.launch import plan_launch
 from glmtune.recipe import load_recipe
-from glmtune.train import train
+from glmtune.training.launch import plan_launch
+from glmtune.training.train import train
 
 DEMO = ROOT / "recipes" / "demo.toml"
 
@@ -26,7 +26,9 @@ def test_dry_run_shows_launcher_environment_deepspeed_config_and_memory(tmp_path
     train(recipe, dry_run=True)
     out, err = capsys.readouterr()
     flat = " ".join(err.split())
-    assert "torch.distributed.run" in flat and "--nproc_per_node 2" in flat and "glmtune.worker" in flat
+    assert (
+        "torch.distributed.run" in flat and "--nproc_per_node 2" in flat and "glmtune.training.worker" in flat
+    )
     assert "DS_ACCELERATOR=cpu" in flat
     assert json.loads(out[out.index("{\n") :])["zero_optimization"]["stage"] == 3
     assert "memory estimate per GPU" in flat and "optimizer" in flat
@@ -63,7 +65,7 @@ def test_impossible_plans_are_refused_before_anything_starts(tmp_path, overrides
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
 def test_quantized_lora_trains_and_exports_at_full_precision(tmp_path, bits):
-    from glmtune.export import export_run
+    from glmtune.checkpoints.export import export_run
 
     run_dir = train(demo(tmp_path, f"launch.quantize='{bits}'", "train.max_steps=4", "train.logging_steps=1"))
     run = json.loads((run_dir / "run.json").read_text())
@@ -79,7 +81,7 @@ def test_quantized_lora_trains_and_exports_at_full_precision(tmp_path, bits):
 def test_nan_watchdog_names_the_step_and_what_to_try(tmp_path, loss):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from glmtune.callbacks import NanWatchdog
+    from glmtune.training.callbacks import NanWatchdog
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     state = TrainerState(global_step=17)

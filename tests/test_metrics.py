@@ -1,4 +1,4 @@
-"""glmtune.metrics: hand-checked BLEU/ROUGE/exact-match cases, jieba segmentation, edge cases, import cost."""
+"""glmtune.inference.metrics: hand-checked BLEU/ROUGE/exact-match cases, jieba segmentation, edge cases, import cost."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from glmtune.metrics import METRIC_NOTES, generation_scores, segment
+from glmtune.inference.metrics import METRIC_NOTES, generation_scores, segment
 
 KEYS = {"bleu-4", "rouge-1", "rouge-2", "rouge-l", "exact_match"}
 
@@ -112,7 +112,7 @@ def test_metric_notes_describe_the_method() -> None:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, glmtune.metrics\n"
+        "import sys, glmtune.inference.metrics\n"
         "heavy = [m for m in ('jieba', 'nltk', 'rouge_score', 'numpy', 'absl') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
@@ -121,6 +121,6 @@ def test_import_is_cheap() -> None:
 
 
 def test_no_jieba_banner_on_stderr() -> None:
-    code = "from glmtune.metrics import generation_scores\ngeneration_scores(['我爱北京'], ['天安门'])\n"
+    code = "from glmtune.inference.metrics import generation_scores\ngeneration_scores(['我爱北京'], ['天安门'])\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr == ""

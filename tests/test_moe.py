@@ -6,9 +6,9 @@ import torch
 from conftest import ROOT
 from safetensors.torch import load_file
 
-from glmtune.export import export_run
+from glmtune.checkpoints.export import export_run
 from glmtune.recipe import load_recipe
-from glmtune.train import train
+from glmtune.training.train import train
 
 
 def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):

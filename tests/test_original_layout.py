@@ -19,17 +19,17 @@ from safetensors.torch import load_file
 from test_cli import assert_usage_error, glmtune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from glmtune.chat import chat
-from glmtune.convert import load_original_state, tiny_original_checkpoint
+from glmtune.checkpoints.convert import load_original_state, tiny_original_checkpoint
+from glmtune.checkpoints.export import export_run
+from glmtune.checkpoints.load import load_model, load_tokenizer
+from glmtune.checkpoints.original import is_original_folder, save_original_layout
+from glmtune.checkpoints.tiny import builtin_path
+from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
-from glmtune.export import export_run
 from glmtune.families import CHATGLM3, GLM4, Message, detect_family, get_family
-from glmtune.generation import generate_answers, stop_token_ids
-from glmtune.modeling import load_model, load_tokenizer
-from glmtune.original import is_original_folder, save_original_layout
-from glmtune.render import render_conversation
-from glmtune.tiny import builtin_path
-from glmtune.train import train
+from glmtune.inference.chat import chat
+from glmtune.inference.generation import generate_answers, stop_token_ids
+from glmtune.training.train import train
 
 PROBE = [
     Message("system", "Be brief."),

@@ -54,7 +54,7 @@ def test_tuned_model_knows_its_new_identity_and_the_base_does_not(demo_run):
 
 
 def test_export_reloads_in_a_fresh_process_both_ways(demo_run, exported):
-    from glmtune.modeling import load_for_inference
+    from glmtune.checkpoints.load import load_for_inference
 
     script = f"""
 import json, sys, torch

@@ -2,8 +2,8 @@
 
 import pytest
 
+from glmtune.data.render import render_conversation, render_sample
 from glmtune.families import Message
-from glmtune.render import render_conversation, render_sample
 
 
 def runs(rendered, tokenizer):

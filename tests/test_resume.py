@@ -11,7 +11,7 @@ from conftest import ROOT
 from safetensors.torch import load_file
 from test_cli import glmtune
 
-from glmtune.callbacks import COMPLETE_MARKER
+from glmtune.training.callbacks import COMPLETE_MARKER
 
 ARGS = ["--set", "train.max_steps=8", "--set", "train.save_steps=2", "--set", "train.logging_steps=1",
         "--set", "train.save_total_limit=10", "--set", "lora.dropout=0.1"]  # fmt: skip

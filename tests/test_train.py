@@ -7,10 +7,10 @@ import torch
 from conftest import ROOT, write_recipe
 from safetensors.torch import load_file
 
-from glmtune.modeling import load_model
-from glmtune.prepare import prepare_data
+from glmtune.checkpoints.load import load_model
+from glmtune.data.prepare import prepare_data
 from glmtune.recipe import load_recipe
-from glmtune.train import apply_method, fit, train, training_arguments
+from glmtune.training.train import apply_method, fit, train, training_arguments
 
 DEMO = ROOT / "recipes" / "demo.toml"
 
@@ -61,7 +61,7 @@ def test_prepared_data_is_reused_until_something_changes(tmp_path, tokenizer, gl
 
 
 def test_batches_are_padded_to_their_longest_sample(tmp_path, tokenizer, glm4):
-    from glmtune.train import collator
+    from glmtune.training.train import collator
 
     prepared = prepare_data(demo_recipe(tmp_path).data, glm4, tokenizer, tmp_path / "data")
     rows = [prepared.splits["train"][i] for i in range(4)]

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from glmtune.data.render import render_conversation, special_token_id
 from glmtune.families import Family, Message
-from glmtune.render import render_conversation, special_token_id
 
 
 def stop_token_ids(family: Family, tokenizer) -> list[int]:

@@ -13,14 +13,14 @@ from typing import Any
 
 from rich.markup import escape
 
+from glmtune.checkpoints.export import generation_kwargs
+from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
 from glmtune.console import term
+from glmtune.data.formats import read_examples
+from glmtune.data.prepare import IGNORE_INDEX, render_example
 from glmtune.errors import UsageError
-from glmtune.export import generation_kwargs
-from glmtune.formats import read_examples
-from glmtune.generation import generate_answers
-from glmtune.metrics import METRIC_NOTES, generation_scores
-from glmtune.modeling import Loaded, load_for_inference, quiet_libraries
-from glmtune.prepare import IGNORE_INDEX, render_example
+from glmtune.inference.generation import generate_answers
+from glmtune.inference.metrics import METRIC_NOTES, generation_scores
 from glmtune.recipe import Recipe
 from glmtune.rundir import atomic_write_text, run_recipe
 

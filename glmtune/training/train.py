@@ -15,20 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from glmtune.callbacks import CheckpointMarker, LossCurve, MetricsLog, NanWatchdog, latest_complete_checkpoint
-from glmtune.console import progress_callback, term
-from glmtune.errors import UsageError
-from glmtune.families import Family
-from glmtune.launch import (
-    deepspeed_config,
-    estimate_memory,
-    has_cuda,
-    init_distributed,
-    plan_launch,
-    refuse_impossible,
-    run_workers,
-)
-from glmtune.modeling import (
+from glmtune.checkpoints.load import (
     family_for,
     load_model,
     load_tokenizer,
@@ -37,7 +24,10 @@ from glmtune.modeling import (
     resolve_model_path,
     torch_dtype,
 )
-from glmtune.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
+from glmtune.console import progress_callback, term
+from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
+from glmtune.errors import UsageError
+from glmtune.families import Family
 from glmtune.recipe import Recipe
 from glmtune.rundir import (
     new_run_info,
@@ -47,6 +37,22 @@ from glmtune.rundir import (
     update_run,
     write_recipe,
     write_run,
+)
+from glmtune.training.callbacks import (
+    CheckpointMarker,
+    LossCurve,
+    MetricsLog,
+    NanWatchdog,
+    latest_complete_checkpoint,
+)
+from glmtune.training.launch import (
+    deepspeed_config,
+    estimate_memory,
+    has_cuda,
+    init_distributed,
+    plan_launch,
+    refuse_impossible,
+    run_workers,
 )
 
 
@@ -149,7 +155,7 @@ def _loading_flags(recipe: Recipe) -> dict[str, Any]:
 
 def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Prepared | None = None) -> None:
     """Train in this process (single, or one DeepSpeed worker of several)."""
-    from glmtune.quantize import prepare_for_kbit_training, quantization_config
+    from glmtune.training.quantize import prepare_for_kbit_training, quantization_config
 
     quiet_libraries()
     init_distributed(recipe)
@@ -416,7 +422,7 @@ def meta_model(base: Path, recipe: Recipe):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from glmtune.modeling import load_config
+    from glmtune.checkpoints.load import load_config
 
     config = load_config(base, recipe.model.trust_remote_code)
     with torch.device("meta"):

@@ -224,8 +224,8 @@ def build_tiny_original_model(spec: TinyOriginal, folder: Path, seed: int = 0) -
     import torch
     from safetensors.torch import save_file
 
-    from glmtune.convert import tiny_original_checkpoint
-    from glmtune.glm_tokenizers import load_original_tokenizer
+    from glmtune.checkpoints.convert import tiny_original_checkpoint
+    from glmtune.families.tokenizers import load_original_tokenizer
 
     name = f"glmtune/tiny-{spec.family.name}"
     sentencepiece_model = train_tiny_sentencepiece()

@@ -239,7 +239,7 @@ CHATGLM_CHAT_TEMPLATE = (
 )
 
 _NATIVE_GLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
-# Original-layout checkpoints load as native `glm` (glmtune.convert), so LoRA wraps the native module names.
+# Original-layout checkpoints load as native `glm` (glmtune.checkpoints.convert), so LoRA wraps the native module names.
 _CONVERTED_TARGETS = {"glm": _NATIVE_GLM_TARGETS}
 # GLM-4.5 (glm4_moe): attention and the MLP projections. In transformers 5 the routed experts are fused 3-D parameters;
 # peft (0.21) maps gate/up/down_proj onto them (LoRA on `mlp.experts` parameters), and then leaves the dense first
@@ -370,7 +370,9 @@ CHATGLM = Family(
     stop_tokens=("<eop>",),
     layout=_chatglm_layout,
     chat_template=CHATGLM_CHAT_TEMPLATE,
-    model_types=("chatglm6b",),  # glmtune.chatglm6b: full fine-tuning runs and exports save this model_type
+    model_types=(
+        "chatglm6b",
+    ),  # glmtune.families.modeling_chatglm6b: full fine-tuning runs and exports save this model_type
     lora_targets={"chatglm6b": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")},
     turn_end_note=(
         "the last answer ends with <eop> and is the only trained turn; <sop> before it is trained too, as "

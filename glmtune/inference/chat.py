@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from glmtune.checkpoints.export import generation_kwargs
+from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
 from glmtune.console import term
-from glmtune.export import generation_kwargs
 from glmtune.families import Message
-from glmtune.generation import generate_answers
-from glmtune.modeling import Loaded, load_for_inference, quiet_libraries
+from glmtune.inference.generation import generate_answers
 from glmtune.recipe import GenerationSection
 from glmtune.rundir import run_recipe
 

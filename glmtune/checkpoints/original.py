@@ -1,8 +1,8 @@
 """Original remote-code checkpoints (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat) without their code.
 
 Their Python files no longer run on transformers 5. The architecture of ChatGLM2/3 and GLM-4-9B-chat is transformers'
-native `GlmForCausalLM` (`glmtune.convert` maps the tensors); ChatGLM-6B v1 (config.json with v1's own fields) loads
-as glmtune's port `glmtune.chatglm6b.ChatGLM6BForCausalLM`, whose parameter names are the original ones. So an
+native `GlmForCausalLM` (`glmtune.checkpoints.convert` maps the tensors); ChatGLM-6B v1 (config.json with v1's own fields) loads
+as glmtune's port `glmtune.families.modeling_chatglm6b.ChatGLM6BForCausalLM`, whose parameter names are the original ones. So an
 original-layout folder (config.json model_type "chatglm") is loaded in memory: `load_original_model` and
 `load_original_tokenizer` need no remote code and write nothing. `convert_checkpoint` (`glmtune convert`) writes a
 native folder once; `save_original_layout` writes native weights back under the original parameter names beside the
@@ -16,10 +16,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from glmtune import chatglm6b
-from glmtune.convert import is_original_layout, load_original_state, native_config, to_native, to_original
+from glmtune.checkpoints.convert import (
+    is_original_layout,
+    load_original_state,
+    native_config,
+    to_native,
+    to_original,
+)
 from glmtune.errors import UsageError
 from glmtune.families import FAMILY_KEY, Family, detect_family, get_family, is_chatglm6b_config, read_json
+from glmtune.families import modeling_chatglm6b as chatglm6b
 from glmtune.rundir import staged_dir
 
 # Files of an original checkpoint that describe it beside the weights: copied into an original-layout export so
@@ -87,7 +93,7 @@ def load_original_model(folder: Path, *, dtype, allow_pickle: bool = False, quan
 def load_original_tokenizer(folder: Path, family: Family):
     """The original tokenizer files as a fast tokenizer with the original ids, and a chat template: the folder's
     own (tokenizer_config.json) or, where it has none (ChatGLM2, ChatGLM3-Base), the family's."""
-    from glmtune.glm_tokenizers import load_original_tokenizer as from_files
+    from glmtune.families.tokenizers import load_original_tokenizer as from_files
 
     if not family.original_tokenizer:
         raise UsageError(
@@ -104,7 +110,7 @@ def stamp_native(model, tokenizer, family: Family, generation: dict[str, Any] | 
     and the family's stop tokens in generation_config.json."""
     from transformers import GenerationConfig
 
-    from glmtune.generation import stop_token_ids
+    from glmtune.inference.generation import stop_token_ids
 
     setattr(model.config, FAMILY_KEY, family.name)
     model.generation_config = GenerationConfig(
@@ -122,7 +128,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
             f"{source / 'config.json'}: not an original-layout ChatGLM checkpoint (model_type 'chatglm'); "
             "nothing to convert"
         )
-    from glmtune.modeling import quiet_libraries
+    from glmtune.checkpoints.load import quiet_libraries
 
     quiet_libraries()
     chosen = detect_family(source) if family == "auto" else get_family(family)
@@ -186,7 +192,7 @@ def save_original_layout(
 
 
 def _original_support_files(base: Path, family: Family) -> list[Path]:
-    from glmtune.glm_tokenizers import VOCAB_FILES
+    from glmtune.families.tokenizers import VOCAB_FILES
 
     names = {VOCAB_FILES[family.original_tokenizer], *_TOKENIZER_FILES, "generation_config.json"}
     files = [base / name for name in sorted(names) if (base / name).is_file()]

@@ -38,7 +38,9 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
         config = _read_json(Path(launch.zero))
     else:
         config = json.loads(
-            (resources.files("glmtune") / "presets" / f"{launch.zero}.json").read_text(encoding="utf-8")
+            (resources.files("glmtune.training") / "presets" / f"{launch.zero}.json").read_text(
+                encoding="utf-8"
+            )
         )
     if zero_stage(config) == 3:
         # Without it the Trainer saves a sharded DeepSpeed checkpoint instead of weights: the "empty ZeRO-3 save".
@@ -69,7 +71,7 @@ def plan_launch(recipe: Recipe, run_dir: Path, resume: bool = False) -> LaunchPl
     launch = recipe.launch
     if launch.strategy == "single":
         return LaunchPlan()
-    worker = ["-m", "glmtune.worker", str(run_dir.resolve())] + (["--resume"] if resume else [])
+    worker = ["-m", "glmtune.training.worker", str(run_dir.resolve())] + (["--resume"] if resume else [])
     env = {"PYTHONUNBUFFERED": "1"}
     if not has_cuda():
         # DeepSpeed on CPU: its CPU accelerator and gloo; one thread pool per worker instead of oversubscribing.
@@ -133,7 +135,7 @@ def init_distributed(recipe: Recipe) -> None:
 
 def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[str, float]:
     """Per-GPU memory in GiB for weights, gradients, optimizer states and activations (ZeRO partitioning applied)."""
-    from glmtune.modeling import torch_dtype
+    from glmtune.checkpoints.load import torch_dtype
 
     config = model.config
     processes = recipe.launch.processes_per_node * recipe.launch.nodes

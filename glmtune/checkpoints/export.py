@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glmtune.console import term
-from glmtune.errors import UsageError
-from glmtune.families import Family, Message, get_family
-from glmtune.modeling import (
+from glmtune.checkpoints.load import (
     base_model_folder,
     load_base_with_adapter,
     load_model,
     load_tokenizer,
     quiet_libraries,
 )
-from glmtune.original import is_original_folder, save_original_layout, stamp_native
+from glmtune.checkpoints.original import is_original_folder, save_original_layout, stamp_native
+from glmtune.console import term
+from glmtune.data.render import render_conversation
+from glmtune.errors import UsageError
+from glmtune.families import Family, Message, get_family
 from glmtune.recipe import GenerationSection, Recipe
-from glmtune.render import render_conversation
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
 CHAT_MODULE = "modeling_glmtune_chat"

@@ -1,4 +1,4 @@
-"""Entry point of each training process a launcher starts: `python -m glmtune.worker RUN_DIR [--resume]`.
+"""Entry point of each training process a launcher starts: `python -m glmtune.training.worker RUN_DIR [--resume]`.
 
 Every worker reads the same resolved recipe from the run directory; overrides never travel as arguments.
 """
@@ -16,11 +16,11 @@ from glmtune.errors import UsageError
 def main() -> None:
     run_dir = Path(sys.argv[1])
     try:
-        from glmtune.modeling import quiet_libraries
+        from glmtune.checkpoints.load import quiet_libraries
 
         quiet_libraries()  # before transformers and peft are imported by the training modules
         from glmtune.rundir import run_recipe
-        from glmtune.train import train_here
+        from glmtune.training.train import train_here
 
         train_here(run_recipe(run_dir), run_dir, resume="--resume" in sys.argv[2:])
     except UsageError as exc:

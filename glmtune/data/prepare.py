@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from glmtune import __version__
+from glmtune.data.formats import Example, data_files, read_examples
+from glmtune.data.render import Rendered, render_conversation, render_sample
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
-from glmtune.formats import Example, data_files, read_examples
 from glmtune.recipe import DataSection
-from glmtune.render import Rendered, render_conversation, render_sample
 from glmtune.rundir import atomic_write_text, staged_dir
 
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
@@ -148,9 +148,9 @@ def stats_rows(stats: dict[str, dict[str, float]]) -> tuple[list[str], list[list
 
 def prepare_run(recipe, show: int = 0) -> Prepared:
     """`glmtune prepare`: tokenize into the run's data folder, print stats and optionally N rendered samples."""
+    from glmtune.checkpoints.load import family_for, load_tokenizer, quiet_libraries, resolve_model_path
     from glmtune.console import term
-    from glmtune.modeling import family_for, load_tokenizer, quiet_libraries, resolve_model_path
-    from glmtune.render import show as render_markup
+    from glmtune.data.render import show as render_markup
     from glmtune.rundir import run_dir_of
 
     quiet_libraries()

@@ -3,7 +3,7 @@
 Nothing here downloads: a path must be a local folder. Pickled weights are refused unless the recipe allows them,
 and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and GLM-4-9B-chat folders
 load as transformers' native `GlmForCausalLM`, converted in memory, and ChatGLM-6B v1 folders as glmtune's port
-`ChatGLM6BForCausalLM` (`glmtune.original`), never through their code. The port is registered with the Auto classes
+`ChatGLM6BForCausalLM` (`glmtune.checkpoints.original`), never through their code. The port is registered with the Auto classes
 before any Auto load, so saved and exported v1 folders (model_type "chatglm6b") load like native ones.
 """
 
@@ -47,7 +47,7 @@ def quiet_libraries() -> None:
 
 def resolve_model_path(path: str, key: str = "model.path") -> Path:
     if path.startswith("builtin:"):
-        from glmtune.tiny import builtin_path
+        from glmtune.checkpoints.tiny import builtin_path
 
         return builtin_path(path.removeprefix("builtin:"))
     folder = Path(path)
@@ -67,7 +67,7 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
 
 def register_ports() -> None:
     """Make glmtune's own architectures (the ChatGLM-6B v1 port) known to the Auto classes."""
-    from glmtune.chatglm6b import register
+    from glmtune.families.modeling_chatglm6b import register
 
     register()
 
@@ -91,7 +91,7 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family
     code) for `family` (default: detected from the folder)."""
     from transformers import AutoTokenizer
 
-    from glmtune.original import is_original_folder, load_original_tokenizer
+    from glmtune.checkpoints.original import is_original_folder, load_original_tokenizer
 
     if is_original_folder(folder):
         tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
@@ -115,7 +115,7 @@ def load_model(
     never needed (trust_remote_code is not used for them)."""
     from transformers import AutoModelForCausalLM
 
-    from glmtune.original import is_original_folder, load_original_model
+    from glmtune.checkpoints.original import is_original_folder, load_original_model
 
     if is_original_folder(folder):
         return load_original_model(
@@ -146,7 +146,7 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     Auto classes know every config it returns."""
     from transformers import AutoConfig
 
-    from glmtune.original import is_original_folder, loading_config, original_config
+    from glmtune.checkpoints.original import is_original_folder, loading_config, original_config
 
     register_ports()
     if is_original_folder(folder):
