@@ -117,3 +117,15 @@ def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     return data
+
+
+# transformers Glm / Glm4 module names
+NATIVE_GLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+# Original-layout checkpoints load as native `glm` (glmtune.checkpoints.convert), so LoRA wraps the native module names.
+CONVERTED_TARGETS = {"glm": NATIVE_GLM_TARGETS}
+# The control tokens ChatGLM2/3's SentencePiece tokenizer appends after its pieces, in id order.
+SP_CONTROL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+
+
+def checkpoint_names(config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> str:
+    return f"{config.get('_name_or_path', '')} {tokenizer_config.get('name_or_path', '')}".lower()
