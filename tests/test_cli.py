@@ -1,6 +1,7 @@
 """The CLI as users meet it: --help without torch, and bad input ending in one line, exit 2, nothing written."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,24 @@ def test_help_imports_no_torch():
 def test_each_command_help_shows_an_example(command):
     result = glmtune(command, "--help")
     assert result.returncode == 0 and "Example: glmtune " + command in result.stdout
+
+
+# What rich leaves when it takes bracketed help text for markup: "data and [eval];" -> "data and ;".
+HELP_HOLE = re.compile(r" [;.,:](?=\s|$)|\(\s*\)|\[\s*\]")
+
+
+@pytest.mark.parametrize(
+    "command", [[], *([c] for c in [*COMMANDS, "convert"])], ids=lambda c: c[0] if c else "top"
+)
+def test_help_texts_have_no_holes(command):
+    from typer.testing import CliRunner
+
+    from glmtune.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    holes = [line.strip() for line in result.output.splitlines() if HELP_HOLE.search(line)]
+    assert not holes, holes
 
 
 def assert_usage_error(result, *fragments):
