@@ -136,3 +136,22 @@ def test_prepare_show_prints_samples_and_stats(tmp_path):
     assert "sample 0" in result.stdout and "[gMASK]<sop><|user|>" in result.stdout
     assert "supervised_tokens" in result.stderr
     assert (tmp_path / "demo" / "data" / "fingerprint.txt").is_file()
+
+
+def test_set_reads_relative_paths_from_the_current_folder_and_says_so(tmp_path):
+    folder, here = tmp_path / "recipes", tmp_path / "here"
+    folder.mkdir()
+    here.mkdir()
+    recipe = recipe_with(folder, [GOOD])
+    (here / "mine.jsonl").write_text(GOOD + "\n", encoding="utf-8")
+    result = glmtune("prepare", recipe, "--set", "data.train=['mine.jsonl']", cwd=here)
+    assert result.returncode == 0, result.stderr[-3000:]
+    missing = glmtune(
+        "prepare", recipe, "--set", "data.train=['d.jsonl']", cwd=here
+    )  # d.jsonl: beside the recipe
+    assert_usage_error(
+        missing, f"{here / 'd.jsonl'} not found", "from the current folder when given with --set"
+    )
+    recipe.write_text(recipe.read_text().replace('"d.jsonl"', '"gone.jsonl"'), encoding="utf-8")
+    in_recipe = glmtune("prepare", recipe, cwd=here)
+    assert_usage_error(in_recipe, f"{recipe.parent / 'gone.jsonl'} not found", "folder of the recipe file")
