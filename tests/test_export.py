@@ -177,10 +177,12 @@ def _transformers4_python() -> Path:
     """A venv with transformers 4.57.1, made once per machine under /tmp (pip from the configured indexes)."""
     venv = Path("/tmp") / f"glmtune-transformers-{TRANSFORMERS_4_CHECKED}"
     python = venv / "bin" / "python"
-    if not python.is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        packages = [f"transformers=={TRANSFORMERS_4_CHECKED}", f"torch=={torch.__version__.split('+')[0]}"]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages, "safetensors"], check=True)
+    check = f"import safetensors, torch, transformers; assert transformers.__version__ == {TRANSFORMERS_4_CHECKED!r}"
+    if python.is_file() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    packages = [f"transformers=={TRANSFORMERS_4_CHECKED}", f"torch=={torch.__version__.split('+')[0]}"]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *packages, "safetensors"], check=True)
     return python
 
 

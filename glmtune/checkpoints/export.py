@@ -152,7 +152,7 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     if not tokenizer.chat_template:
         tokenizer.chat_template = family.chat_template
     tokenizer.save_pretrained(folder)
-    write_inference_tokenizer_config(folder / "tokenizer_config.json")
+    write_inference_tokenizer_config(folder / "tokenizer_config.json", tokenizer.model_input_names)
     for source in code.files:
         shutil.copy2(source, folder / source.name)
     (folder / f"{CHAT_MODULE}.py").write_text(chat_module(code.base_import), encoding="utf-8")
@@ -160,16 +160,18 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def write_inference_tokenizer_config(path: Path) -> None:
+def write_inference_tokenizer_config(path: Path, model_input_names: list[str]) -> None:
     """Make the saved tokenizer_config.json one for inference that transformers 4 loads as well as 5.
 
     Left padding: batched generate() appends to every row, so each prompt must end at the last column (training
     pads right, but glmtune pads itself there). transformers 5 names its generic fast tokenizer TokenizersBackend
     and its special-token list extra_special_tokens; 4.x knows them as PreTrainedTokenizerFast and
     additional_special_tokens (a list under extra_special_tokens breaks its loading), and 5 reads both old names.
+    4.x's generic tokenizer would also return token_type_ids, which generate() refuses: the inputs are named.
     """
     config = json.loads(path.read_text(encoding="utf-8"))
     config["padding_side"] = "left"
+    config.setdefault("model_input_names", list(model_input_names))
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(config.get("extra_special_tokens"), list):
