@@ -27,7 +27,11 @@ app = typer.Typer(
 
 RecipeArg = Annotated[Path, typer.Argument(help="TOML recipe file.", show_default=False)]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.epochs=2.")
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a recipe key, e.g. --set train.epochs=2; relative paths are read from the current folder.",
+    ),
 ]
 
 
@@ -123,7 +127,10 @@ def chat(
     ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Default: the run's recipe [generation].")
+        int | None,
+        typer.Option(
+            help="Default: generation.max_new_tokens of the run's recipe or the export's generation_config.json."
+        ),
     ] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature (turns sampling on).")
@@ -139,7 +146,7 @@ def chat(
 def evaluate(
     source: SourceArg,
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe for data and [eval]; default: the run's own.")
+        Path | None, typer.Option(help="Recipe whose data and eval sections to use; default: the run's own.")
     ] = None,
     set_: SetOpt = None,
 ) -> None:

@@ -2,7 +2,8 @@
 
 Every command reads a recipe. Unknown keys are errors that suggest the nearest valid key, all problems are reported
 at once with their TOML paths, and relative paths are resolved against the file that wrote them, so a shared base
-recipe can live in another folder than the team recipe that extends it.
+recipe can live in another folder than the team recipe that extends it; a relative path given with `--set` is
+resolved against the current folder, like any other path typed on the command line.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class Recipe(Section):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-# Keys whose values are file paths: resolved against the folder of the TOML file that sets them.
+# Keys whose values are file paths: resolved against the folder of the TOML file that sets them (--set: the
+# current folder).
 PATH_KEYS = {
     ("data", "train"),
     ("data", "eval"),
@@ -267,6 +269,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             raise UsageError(f"--set {override!r}: {part} is not a section")
     table[parts[-1]] = _parse_value(text.strip())
     if tuple(parts) in PATH_KEYS:
+        # A path typed on the command line is read from the current folder, as the shell completed it and as every
+        # other command-line path is; only the recipe file knows its own folder.
         _resolve_paths({parts[0]: table}, Path.cwd())
 
 

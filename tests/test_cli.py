@@ -1,6 +1,7 @@
 """The CLI as users meet it: --help without torch, and bad input ending in one line, exit 2, nothing written."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,24 @@ def test_help_imports_no_torch():
 def test_each_command_help_shows_an_example(command):
     result = glmtune(command, "--help")
     assert result.returncode == 0 and "Example: glmtune " + command in result.stdout
+
+
+# What rich leaves when it takes bracketed help text for markup: "data and [eval];" -> "data and ;".
+HELP_HOLE = re.compile(r" [;.,:](?=\s|$)|\(\s*\)|\[\s*\]")
+
+
+@pytest.mark.parametrize(
+    "command", [[], *([c] for c in [*COMMANDS, "convert"])], ids=lambda c: c[0] if c else "top"
+)
+def test_help_texts_have_no_holes(command):
+    from typer.testing import CliRunner
+
+    from glmtune.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    holes = [line.strip() for line in result.output.splitlines() if HELP_HOLE.search(line)]
+    assert not holes, holes
 
 
 def assert_usage_error(result, *fragments):
@@ -117,3 +136,22 @@ def test_prepare_show_prints_samples_and_stats(tmp_path):
     assert "sample 0" in result.stdout and "[gMASK]<sop><|user|>" in result.stdout
     assert "supervised_tokens" in result.stderr
     assert (tmp_path / "demo" / "data" / "fingerprint.txt").is_file()
+
+
+def test_set_reads_relative_paths_from_the_current_folder_and_says_so(tmp_path):
+    folder, here = tmp_path / "recipes", tmp_path / "here"
+    folder.mkdir()
+    here.mkdir()
+    recipe = recipe_with(folder, [GOOD])
+    (here / "mine.jsonl").write_text(GOOD + "\n", encoding="utf-8")
+    result = glmtune("prepare", recipe, "--set", "data.train=['mine.jsonl']", cwd=here)
+    assert result.returncode == 0, result.stderr[-3000:]
+    missing = glmtune(
+        "prepare", recipe, "--set", "data.train=['d.jsonl']", cwd=here
+    )  # d.jsonl: beside the recipe
+    assert_usage_error(
+        missing, f"{here / 'd.jsonl'} not found", "from the current folder when given with --set"
+    )
+    recipe.write_text(recipe.read_text().replace('"d.jsonl"', '"gone.jsonl"'), encoding="utf-8")
+    in_recipe = glmtune("prepare", recipe, cwd=here)
+    assert_usage_error(in_recipe, f"{recipe.parent / 'gone.jsonl'} not found", "folder of the recipe file")

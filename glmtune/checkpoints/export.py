@@ -1,9 +1,10 @@
 """`glmtune export`: a merged full model that loads with plain transformers, verified before it is put in place.
 
 LoRA is merged into the base reloaded at full precision (never into quantized weights). The folder gets sharded
-safetensors, the tokenizer with its chat template, a generation_config.json with the family's stop tokens, a model
-card, and a small `modeling_glmtune_chat.py` so the ChatGLM snippet `AutoModel.from_pretrained(out,
-trust_remote_code=True).chat(tokenizer, query, history)` works too. A model whose class transformers does not ship
+safetensors, the tokenizer with its chat template (padding on the left, loadable by transformers 4.57 and 5), a
+generation_config.json with the family's stop tokens and the recipe's [generation] settings, a model card
+(templates/model_card.md), and `modeling_glmtune_chat.py` (templates/) so the ChatGLM snippet
+`AutoModel.from_pretrained(out, trust_remote_code=True).chat(tokenizer, query, history)` works too. A model whose class transformers does not ship
 (glmtune's ChatGLM-6B v1 port) takes its module file along as remote code, with config.json's auto_map pointing the
 Auto classes at it. Everything is written to a temporary folder and renamed into place only after the reloaded
 export's logits matched base + adapter.
@@ -19,7 +20,9 @@ import json
 import shutil
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from glmtune.checkpoints.load import (
@@ -37,7 +40,14 @@ from glmtune.families import Family, Message, get_family
 from glmtune.recipe import GenerationSection, Recipe
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
-CHAT_MODULE = "modeling_glmtune_chat"
+CHAT_MODULE = "modeling_glmtune_chat"  # templates/modeling_glmtune_chat.py, the `model.chat()` shim
+TEMPLATE_BASE_IMPORT = (
+    "from transformers import PreTrainedModel as BaseModel"  # replaced by the model's class
+)
+TRANSFORMERS_4_CHECKED = (
+    "4.57.1"  # exported tokenizers and models also load there (tests/test_export.py, slow)
+)
+PROBE_SAMPLES = 3  # training samples whose logits the export must reproduce
 LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
 LAYOUTS = ("native", "original")  # transformers' own class | the base's remote-code ChatGLM parameter names
 
@@ -107,12 +117,14 @@ def _merged_model(run: dict[str, Any], run_dir: Path, probes):
 
 
 def probe_inputs(family: Family, tokenizer, run_dir: Path) -> list[list[int]]:
-    """A few training samples (or a fixed conversation) to compare logits on."""
+    """Up to three training samples (or, without any, a fixed conversation) to compare logits on."""
     data = run_dir / "data" / "train"
     if data.is_dir():
         from datasets import load_from_disk
 
-        return [row["input_ids"] for row in load_from_disk(str(data)).select(range(3))]
+        samples = load_from_disk(str(data))
+        if len(samples):
+            return [row["input_ids"] for row in samples.select(range(min(PROBE_SAMPLES, len(samples))))]
     messages = [Message("user", "你好，你是谁？ Who are you?"), Message("assistant", "I am a GLM model.")]
     return [render_conversation(messages, family, tokenizer).ids]
 
@@ -140,13 +152,31 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     if not tokenizer.chat_template:
         tokenizer.chat_template = family.chat_template
     tokenizer.save_pretrained(folder)
+    write_inference_tokenizer_config(folder / "tokenizer_config.json", tokenizer.model_input_names)
     for source in code.files:
         shutil.copy2(source, folder / source.name)
-    (folder / f"{CHAT_MODULE}.py").write_text(
-        CHAT_CODE.replace("BASE_IMPORT", code.base_import), encoding="utf-8"
-    )
-    card = _model_card(run, family, type(model).__name__, base_dtype, remote=bool(code.files))
+    (folder / f"{CHAT_MODULE}.py").write_text(chat_module(code.base_import), encoding="utf-8")
+    card = model_card(run, family, type(model).__name__, base_dtype, remote=bool(code.files))
     (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_inference_tokenizer_config(path: Path, model_input_names: list[str]) -> None:
+    """Make the saved tokenizer_config.json one for inference that transformers 4 loads as well as 5.
+
+    Left padding: batched generate() appends to every row, so each prompt must end at the last column (training
+    pads right, but glmtune pads itself there). transformers 5 names its generic fast tokenizer TokenizersBackend
+    and its special-token list extra_special_tokens; 4.x knows them as PreTrainedTokenizerFast and
+    additional_special_tokens (a list under extra_special_tokens breaks its loading), and 5 reads both old names.
+    4.x's generic tokenizer would also return token_type_ids, which generate() refuses: the inputs are named.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["padding_side"] = "left"
+    config.setdefault("model_input_names", list(model_input_names))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -210,55 +240,43 @@ def _scale(logits) -> float:
     return max(float(x.abs().max()) for x in logits)
 
 
-def _model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str, remote: bool) -> str:
-    trust = ", trust_remote_code=True" if remote else ""
+def _template(name: str) -> str:
+    return resources.files("glmtune.checkpoints").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def chat_module(base_import: str) -> str:
+    """The `model.chat()` shim (templates/modeling_glmtune_chat.py) subclassing the exported model's class."""
+    code = _template(f"{CHAT_MODULE}.py")
+    if TEMPLATE_BASE_IMPORT not in code:
+        raise RuntimeError(f"templates/{CHAT_MODULE}.py lost its line {TEMPLATE_BASE_IMPORT!r}")
+    return code.replace(TEMPLATE_BASE_IMPORT, base_import)
+
+
+def model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str, remote: bool) -> str:
+    """README.md of an export (templates/model_card.md)."""
+    import transformers
+
     where = (
         "not a transformers class: it loads from the folder's own code, so even AutoTokenizer, which reads "
         "config.json, needs trust_remote_code=True"
         if remote
         else "transformers' own class, no remote code"
     )
-    return f"""# Fine-tuned {family.title}
-
-Exported by glmtune from base model `{run["base_model"]["path"]}` ({run["method"]} fine-tuning), merged and saved
-as `{base_class}` in {dtype} ({where}). Stop tokens: {", ".join(family.stop_tokens)} (in generation_config.json).
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(PATH{trust})
-model = AutoModelForCausalLM.from_pretrained(PATH{trust})
-inputs = tokenizer.apply_chat_template([{{"role": "user", "content": "你是谁"}}], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True)
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
-ChatGLM style (`{CHAT_MODULE}.py` adds `chat()` to the model class; it runs only with trust_remote_code=True):
-
-```python
-model = AutoModel.from_pretrained(PATH, trust_remote_code=True)
-response, history = model.chat(tokenizer, "你是谁", history=[])
-```
-"""
-
-
-CHAT_CODE = '''"""ChatGLM-style `model.chat()` on the exported model's class; written by `glmtune export`."""
-
-BASE_IMPORT
-
-
-class GlmtuneChatModel(BaseModel):
-    def chat(self, tokenizer, query, history=None, role="user", max_new_tokens=256, **generate_kwargs):
-        """Answer `query` after `history` (dicts with role/content, or (query, response) pairs); returns (response, history)."""
-        messages = []
-        for turn in history or []:
-            if isinstance(turn, dict):
-                messages.append({"role": turn["role"], "content": turn["content"]})
-            else:
-                messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-        messages.append({"role": role, "content": query})
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
-        output = self.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-        response = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        return response, messages + [{"role": "assistant", "content": response}]
-'''
+    compatibility = (
+        "The model's code is written for transformers 5."
+        if remote
+        else f"glmtune's tests check that such an export gives the same token ids and greedy answers with "
+        f"transformers {TRANSFORMERS_4_CHECKED} (the last 4.x) as with transformers 5."
+    )
+    return Template(_template("model_card.md")).substitute(
+        title=family.title,
+        base_model=run["base_model"]["path"],
+        method=run["method"],
+        base_class=base_class,
+        dtype=dtype,
+        where=where,
+        stop_tokens=", ".join(family.stop_tokens),
+        transformers_version=transformers.__version__,
+        compatibility=compatibility,
+        trust=", trust_remote_code=True" if remote else "",
+    )

@@ -51,7 +51,8 @@ def data_files(paths: list[str], key: str) -> list[Path]:
             files.append(path)
         else:
             raise UsageError(
-                f"{key}: data file {path} not found; check the path (relative paths are read from the recipe's folder)"
+                f"{key}: data file {path} not found; check the path (relative paths are read from the folder of the "
+                "recipe file that names them, or from the current folder when given with --set)"
             )
     return files
 

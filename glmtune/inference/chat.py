@@ -39,10 +39,13 @@ def chat(
 
 
 def _settings(loaded: Loaded, max_new_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+    """generate() settings: the run's recipe [generation], or an exported folder's generation_config.json (which
+    generate() reads itself), then the flags."""
+    settings: dict[str, Any] = {}
     if loaded.run is not None:
         settings = generation_kwargs(run_recipe(loaded.source).generation)
-    else:  # an exported folder carries its settings in generation_config.json, which generate() reads itself
-        settings = {"max_new_tokens": GenerationSection().max_new_tokens}
+    elif loaded.model.generation_config.max_new_tokens is None:  # else generate() would stop at max_length (20)
+        settings["max_new_tokens"] = GenerationSection().max_new_tokens
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
     if temperature is not None:
