@@ -115,3 +115,25 @@ def test_fused_loss_equals_the_plain_loss_on_cuda():
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
     for got, want in zip(_gradients(fused, states, weight), _gradients(plain, states, weight), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_memory_estimate_counts_the_logits_and_what_the_chunked_loss_saves():
+    from glmtune.recipe import recipe_from_dict
+    from glmtune.training.launch import estimate_memory
+    from glmtune.training.train import meta_model
+
+    def estimate(loss: str):
+        recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4", "dtype": "bfloat16"},
+                                   "data": {"max_length": 2048}, "train": {"batch_size": 4, "loss": loss}},
+                                  where="test")  # fmt: skip
+        model = meta_model(builtin_path("tiny-glm4"), recipe)
+        return estimate_memory(model, recipe, 1000, 10_000)
+
+    plain, chunked = estimate("plain"), estimate("chunked")
+    vocab = load_model(builtin_path("tiny-glm4")).config.vocab_size
+    assert plain["logits (plain loss)"] * 2**30 == 2048 * 4 * vocab * (2 + 8)
+    assert chunked["logits (chunked loss)"] * 2**30 == 1024 * vocab * (2 + 8)
+    assert chunked["saved against full logits"] == pytest.approx(
+        plain["logits (plain loss)"] - chunked["logits (chunked loss)"]
+    )
+    assert chunked["total"] < plain["total"]
