@@ -14,7 +14,14 @@ from glmtune.errors import UsageError
 from glmtune.families import CHATGLM, GLM4
 from glmtune.recipe import recipe_from_dict
 from glmtune.training.loss import plain_cross_entropy
-from glmtune.training.packing import IGNORE_INDEX, PackedCollator, pack_dataset, pack_rows
+from glmtune.training.packing import (
+    IGNORE_INDEX,
+    PACKED_SDPA,
+    PackedCollator,
+    pack_dataset,
+    pack_rows,
+    use_packed_sdpa,
+)
 from glmtune.training.train import train, use_packing
 
 FAMILY_LAYOUTS = ["tiny-glm4", "tiny-glm", "tiny-glm4-moe", "tiny-chatglm3", "tiny-chatglm2"]
@@ -50,13 +57,16 @@ def _samples(vocab: int, lengths: list[int], seed: int = 0):
     return samples
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", PACKED_SDPA])
 @pytest.mark.parametrize("name", FAMILY_LAYOUTS)
 def test_packed_row_equals_each_sample_alone(name, attention):
     from datasets import Dataset
 
     model = load_model(builtin_path(name), dtype="float32").eval()
-    model.set_attn_implementation(attention)
+    if attention == PACKED_SDPA:
+        use_packed_sdpa(model)
+    else:
+        model.set_attn_implementation(attention)
     samples = _samples(model.config.vocab_size, [17, 9, 30, 5])
     packed = pack_dataset(Dataset.from_list(samples), max_length=64)
     assert len(packed) == 1  # 61 tokens in one row: every sample shares it

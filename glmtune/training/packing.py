@@ -82,3 +82,38 @@ class PackedCollator:
         tensors: dict[str, Any] = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         return tensors | {"use_cache": False}  # with a cache, transformers ignores the packed position ids
 
+
+
+PACKED_SDPA = "glmtune_packed_sdpa"
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """sdpa run once per packed sample (causal within it), so a row costs the sum of its samples' squared lengths,
+    not the row length squared as the block-diagonal mask does: flash-attention varlen's saving, on any device.
+    Outside training, or for a batch without restarts, it is transformers' sdpa with the mask it was given."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    positions = kwargs.pop("position_ids", None)
+    if not module.training or positions is None or not bool((positions[:, 1:] == 0).any()):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    rows = []
+    for row, row_positions in enumerate(positions.expand(query.shape[0], -1)):
+        starts = [*torch.nonzero(row_positions == 0).flatten().tolist(), row_positions.numel()]
+        pieces = [
+            sdpa_attention_forward(module, query[row : row + 1, :, start:end], key[row : row + 1, :, start:end],
+                                   value[row : row + 1, :, start:end], None, dropout, scaling, is_causal=True)[0]
+            for start, end in zip(starts, starts[1:], strict=False)
+        ]  # fmt: skip
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.cat(rows, dim=0), None
+
+
+def use_packed_sdpa(model) -> None:
+    """Register `packed_sdpa` with transformers (its mask is sdpa's, used outside training) and switch `model`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    model.set_attn_implementation(PACKED_SDPA)

@@ -313,11 +313,15 @@ class Batching:
 
 
 def batching(recipe: Recipe, family: Family, tokenizer, model) -> Batching:
+    """Packed or padded batches and the loss; a packed sdpa model switches to sdpa per packed sample."""
     from glmtune.training.loss import resolve_loss
-    from glmtune.training.packing import PackedCollator
+    from glmtune.training.packing import PackedCollator, use_packed_sdpa
 
     packed = use_packing(recipe, family)
-    flash = str(getattr(model.config, "_attn_implementation", "")).startswith("flash")
+    attention = str(getattr(model.config, "_attn_implementation", ""))
+    flash = attention.startswith("flash")
+    if packed and attention == "sdpa":
+        use_packed_sdpa(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     padded_or_packed = PackedCollator(pad_id, flatten=flash) if packed else collator(tokenizer)
     loss = resolve_loss(recipe.train.loss, model.config.model_type, zero_stage(deepspeed_config(recipe)))
