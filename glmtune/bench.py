@@ -12,6 +12,7 @@ Writes runs/bench/bench.json: {"modes": {mode: {...medians, "runs": [...]}}, "da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ MODES = ("fixed", "dynamic", "grouped", "packed")
 STEPS = 4
 REPEATS = 3
 BATCH = 4
-MAX_LENGTH = 512
+MAX_LENGTH = 1024  # fixed pads to it; the tiny tokenizer gives ~2x GLM-4's token counts
 COPIES = 12  # 68 records x 12: enough batches for length grouping's mega-batches and for full packed rows
 SHAPE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
          "head_dim": 64, "intermediate_size": 1536}  # fmt: skip
@@ -143,10 +144,8 @@ class _TokenCounter:
 
 def _reset_peak_rss() -> None:
     # Linux: writing 5 to clear_refs resets VmHWM, so each run reports its own peak
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_rss_mb() -> float:
@@ -174,9 +173,12 @@ def _targets(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
     packed, dynamic = modes["packed"], modes["dynamic"]
     return {
         "packed_pad_share": packed["pad_share"],  # target <= 0.02
-        "packed_trained_over_dynamic_computed": packed["trained_tokens_per_s"] / dynamic["computed_tokens_per_s"],
-        "packed_trained_over_dynamic_trained": packed["trained_tokens_per_s"] / dynamic["trained_tokens_per_s"],
-    }  # target >= 0.9 for the first ratio
+        # target >= 0.9: isolation costs at most 10 % of the compute rate
+        "packed_trained_over_dynamic_computed": packed["trained_tokens_per_s"]
+        / dynamic["computed_tokens_per_s"],
+        "packed_trained_over_dynamic_trained": packed["trained_tokens_per_s"]
+        / dynamic["trained_tokens_per_s"],
+    }
 
 
 def _machine(loads: list[tuple[float, float, float]]) -> dict[str, Any]:

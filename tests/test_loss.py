@@ -96,7 +96,8 @@ def test_head_loss_in_a_model_equals_the_model_loss_and_leaves_eval_logits_alone
 
 
 def test_loss_choice():
-    assert resolve_loss("auto", "glm4", zero_stage=3) == "plain"  # the head's weight is partitioned outside forward
+    # under ZeRO-3 the head's weight is partitioned outside its forward
+    assert resolve_loss("auto", "glm4", zero_stage=3) == "plain"
     assert resolve_loss("plain", "glm4", zero_stage=0) == "plain"
     expected = "fused" if liger_supports("glm4") else "chunked"
     assert resolve_loss("auto", "glm4", zero_stage=2) == expected

@@ -84,7 +84,9 @@ def test_packed_row_equals_each_sample_alone(name, attention):
             ids = torch.tensor([sample["input_ids"]])
             alone = model(input_ids=ids).logits[0]
             torch.testing.assert_close(logits[start : start + ids.shape[1]], alone, rtol=1e-5, atol=1e-5)
-            alone_loss += plain_cross_entropy(alone[None], torch.tensor([sample["labels"]]), num_items_in_batch=1)
+            alone_loss += plain_cross_entropy(
+                alone[None], torch.tensor([sample["labels"]]), num_items_in_batch=1
+            )
             start += ids.shape[1]
     torch.testing.assert_close(packed_loss, alone_loss, rtol=1e-6, atol=1e-5)
 
@@ -118,7 +120,9 @@ def test_auto_packs_where_the_family_can():
 
 
 def test_chatglm6b_refuses_packing_with_one_line():
-    with pytest.raises(UsageError, match=r"train.packing: ChatGLM-6B .* cannot pack samples.*packing = false"):
+    with pytest.raises(
+        UsageError, match=r"train.packing: ChatGLM-6B .* cannot pack samples.*packing = false"
+    ):
         use_packing(_recipe(packing=True), CHATGLM)
     with pytest.raises(UsageError, match="pick one"):
         use_packing(_recipe(packing=True, group_by_length=True), GLM4)

@@ -40,7 +40,7 @@ def chunked_cross_entropy(hidden, weight, labels, num_items_in_batch=None, chunk
 def _chunk_loss(hidden, weight, targets):
     import torch
 
-    logits = (hidden @ weight.T).float()  # matmul in the model's dtype, softmax in fp32: as the plain loss does
+    logits = (hidden @ weight.T).float()  # matmul in the model's dtype, softmax in fp32, as plain
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
@@ -107,7 +107,9 @@ class HeadLoss:
 
         head = model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear) or head.bias is not None:
-            raise ValueError(f"{type(head).__name__} is not a bias-free Linear head; use train.loss = 'plain'")
+            raise ValueError(
+                f"{type(head).__name__} is not a bias-free Linear head; use train.loss = 'plain'"
+            )
         self.head, self.kind, self.hidden = head, kind, None
         self.handle = head.register_forward_pre_hook(self._keep_hidden)
 

@@ -29,7 +29,7 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Sample indices per row, best-fit decreasing; every length must be at most `capacity`."""
     order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
     rows: list[list[int]] = []
-    open_rows: list[tuple[int, int]] = []  # (space left, row number), sorted: the fullest fitting row comes first
+    open_rows: list[tuple[int, int]] = []  # (space left, row), sorted: the fullest fitting row first
     for index in order:
         need = lengths[index]
         if need > capacity:
@@ -81,7 +81,6 @@ class PackedCollator:
             batch["position_ids"].append([*row["position_ids"], *range(pad)])
         tensors: dict[str, Any] = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         return tensors | {"use_cache": False}  # with a cache, transformers ignores the packed position ids
-
 
 
 PACKED_SDPA = "glmtune_packed_sdpa"

@@ -181,7 +181,9 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
     model = apply_method(model, recipe, family)
     if args.process_index == 0:
         update_run(run_dir, status="training")
-    trainer = fit(model, tokenizer, prepared, args, run_dir, resume, batching(recipe, family, tokenizer, model))
+    trainer = fit(
+        model, tokenizer, prepared, args, run_dir, resume, batching(recipe, family, tokenizer, model)
+    )
     save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
 
 
@@ -260,7 +262,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         metric_for_best_model="eval_loss" if t.keep_best else None,
         greater_is_better=False if t.keep_best else None,
         activation_checkpointing=t.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if t.group_by_length and t.packing is not True else "random",
+        train_sampling_strategy="group_by_length"
+        if t.group_by_length
+        else "random",  # packing=true refuses it
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=not has_cuda() and ds_config is None,
@@ -293,7 +297,9 @@ def use_packing(recipe: Recipe, family: Family) -> bool:
             f"train.packing: {family.title} cannot pack samples: {family.cannot_pack}; set train.packing = false"
         )
     if packing is True and grouped:
-        raise UsageError("train.packing and train.group_by_length: packed rows have no lengths to group; pick one")
+        raise UsageError(
+            "train.packing and train.group_by_length: packed rows have no lengths to group; pick one"
+        )
     return packing is True or (packing == "auto" and not grouped and not family.cannot_pack)
 
 
@@ -452,7 +458,10 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
             ["architecture", model.config.model_type],
             ["method", recipe.method.kind],
             ["quantize", recipe.launch.quantize],
-            ["batches", "packed rows (isolated samples)" if use_packing(recipe, family) else "padded per batch"],
+            [
+                "batches",
+                "packed rows (isolated samples)" if use_packing(recipe, family) else "padded per batch",
+            ],
             ["loss", resolve_loss(recipe.train.loss, model.config.model_type, zero_stage(launch.deepspeed))],
             ["trainable parameters", f"{trainable:,}"],
             ["total parameters", f"{total:,}"],
