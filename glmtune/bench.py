@@ -1,89 +1,208 @@
-"""`make bench`: speed targets measured, never asserted in tests.
+"""`make bench`: the four ways of batching measured side by side, never asserted in tests.
 
-Trains the builtin tiny GLM-4 for a fixed number of steps on the bundled multi-turn data three ways — padded to the
-longest sample of each batch (glmtune's default), the same with length-grouped batches, and padded to a fixed
-max_length (what many GLM fine-tuning scripts do) — and reports wall time, tokens/s, and the share of padding.
-Writes runs/bench.json.
+One random GLM-4 of the issue's benchmark shape (hidden 512, 4 layers, ~20M parameters with the tiny tokenizer's
+vocabulary), LoRA r 8 on q/k/v/o, batch 4, gradient checkpointing, the bundled context/target extraction set read
+several times over. Modes, all through the same Trainer: `fixed` (every sample padded to max_length, the seed
+project's way), `dynamic` (padded to each batch's longest), `grouped` (dynamic with length-grouped batches), `packed`
+(train.packing: samples share rows, isolated). Modes run interleaved, REPEATS times each after one warm-up run, and
+report min/median/max of the training-loop seconds and tokens/s: computed (positions the model ran), trained
+(non-padding) and supervised (tokens with a loss), the padding share and the peak RSS of each run.
+Writes runs/bench/bench.json: {"modes": {mode: {...medians, "runs": [...]}}, "data", "machine", "versions"}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from glmtune.console import term
 
-STEPS = 30
-MAX_LENGTH = 512
-# The multi-turn set read several times over: transformers groups lengths within mega-batches of up to 50 batches,
-# and only once the data holds at least 4 batches' worth (25 dialogues alone would leave nothing to group).
-COPIES = 8
+MODES = ("fixed", "dynamic", "grouped", "packed")
+STEPS = 4
+REPEATS = 3
+BATCH = 4
+MAX_LENGTH = 1024  # fixed pads to it; the tiny tokenizer gives ~2x GLM-4's token counts
+COPIES = 12  # 68 records x 12: enough batches for length grouping's mega-batches and for full packed rows
+SHAPE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+         "head_dim": 64, "intermediate_size": 1536}  # fmt: skip
+DATA = Path(__file__).resolve().parents[1] / "data" / "extraction" / "train.jsonl"
 
 
 def main() -> None:
     from glmtune.checkpoints.load import quiet_libraries
 
     quiet_libraries()
-    _run("dynamic")  # warm-up: first-call costs (allocator, kernels) would otherwise land on the first mode
-    results = {name: _run(name) for name in ("dynamic", "dynamic+group_by_length", "fixed max_length")}
-    rows = [[name, f"{r['seconds']:.1f}", f"{r['real_tokens_per_s']:,.0f}", f"{r['padding_share']:.0%}"]
-            for name, r in results.items()]  # fmt: skip
-    term.table(f"{STEPS} LoRA steps, tiny GLM-4, batch 8, max_length {MAX_LENGTH}",
-               ["padding", "seconds", "real tokens/s", "padding share"], rows)  # fmt: skip
-    out = Path("runs") / "bench.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    loads = [os.getloadavg()]
+    setup = _setup()
+    _run(setup, "dynamic")  # warm-up: first-call costs (allocator, kernels) would otherwise land on one mode
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for _ in range(REPEATS):
+        for mode in MODES:
+            runs[mode].append(_run(setup, mode))
+    loads.append(os.getloadavg())
+    report = {"modes": {mode: _summary(results) for mode, results in runs.items()},
+              "data": setup["data"], "machine": _machine(loads), "versions": _versions()}  # fmt: skip
+    report["targets"] = _targets(report["modes"])
+    _show(report)
+    out = Path("runs") / "bench" / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     term.ok(f"wrote {out}")
 
 
-def _run(mode: str) -> dict[str, float]:
+def _setup() -> dict[str, Any]:
+    import tempfile
+
+    from glmtune.checkpoints.load import family_for, load_tokenizer, resolve_model_path
+    from glmtune.data.prepare import prepare_data
+    from glmtune.recipe import recipe_from_dict
+
+    base = resolve_model_path("builtin:tiny-glm4")
+    family = family_for(base)
+    tokenizer = load_tokenizer(base, family=family)
+    data = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"},
+                             "data": {"train": [str(DATA)] * COPIES, "max_length": MAX_LENGTH}}, where="bench").data  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = prepare_data(data, family, tokenizer, Path(scratch) / "data")
+        train = prepared.splits["train"].flatten_indices()  # in memory: the scratch folder goes away
+    stats = prepared.stats["train"]
+    described = {"file": DATA.name, "copies": COPIES, "samples": stats["samples"], "tokens": stats["tokens"],
+                 "supervised_tokens": stats["supervised_tokens"], "length_p50": stats["length_p50"],
+                 "length_max": stats["length_max"], "max_length": MAX_LENGTH, "batch_size": BATCH,
+                 "steps": STEPS, "repeats": REPEATS, "model": SHAPE, "lora": "r 8 on q/k/v/o"}  # fmt: skip
+    return {"base": base, "family": family, "tokenizer": tokenizer, "train": train, "data": described}
+
+
+def _model(base: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    config.update(SHAPE)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _run(setup: dict[str, Any], mode: str) -> dict[str, float]:
     import tempfile
 
     from transformers import PrinterCallback, Trainer
 
-    from glmtune.checkpoints.load import family_for, load_model, load_tokenizer, resolve_model_path
-    from glmtune.data.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
-    from glmtune.training.train import apply_method, collator, training_arguments
+    from glmtune.training.loss import HeadLoss
+    from glmtune.training.train import apply_method, batching, collator, training_arguments
 
-    root = Path(__file__).resolve().parents[1]
     recipe = recipe_from_dict({
-        "model": {"path": "builtin:tiny-glm4"},
-        "data": {"train": [str(root / "data" / "multiturn.jsonl")] * COPIES, "max_length": MAX_LENGTH},
-        "train": {"max_steps": STEPS, "batch_size": 8, "logging_steps": STEPS, "group_by_length": "group" in mode},
+        "model": {"path": "builtin:tiny-glm4", "dtype": "float32"},
+        "data": {"max_length": MAX_LENGTH},
+        "lora": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0},
+        "train": {"max_steps": STEPS, "batch_size": BATCH, "logging_steps": STEPS, "gradient_checkpointing": True,
+                  "group_by_length": mode == "grouped", "packing": mode == "packed"},
     }, where="bench")  # fmt: skip
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base)
-    tokenizer = load_tokenizer(base, family=family)
+    model = apply_method(_model(setup["base"]), recipe, setup["family"], quiet=True)
+    plan = batching(recipe, setup["family"], setup["tokenizer"], model)
+    if mode == "fixed":
+        plan.collator = collator(setup["tokenizer"], MAX_LENGTH)
+    counter = _TokenCounter(plan.collator)
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
-        model = apply_method(load_model(base), recipe, family, quiet=True)
-        counter = _PaddingCounter(collator(tokenizer, MAX_LENGTH if mode.startswith("fixed") else None))
         args = training_arguments(recipe, Path(scratch) / "checkpoints", has_eval=False)
         args.save_strategy = "no"
-        trainer = Trainer(
-            model=model, args=args, train_dataset=prepared.splits["train"], data_collator=counter
-        )
+        trainer = Trainer(model=model, args=args, train_dataset=plan.split(setup["train"]), data_collator=counter,
+                          compute_loss_func=None if plan.loss == "plain" else HeadLoss(model, plan.loss))  # fmt: skip
         trainer.remove_callback(PrinterCallback)
+        _reset_peak_rss()
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "real_tokens_per_s": counter.real / seconds,
-            "padding_share": 1 - counter.real / max(counter.total, 1)}  # fmt: skip
+    return counter.rates(seconds) | {"peak_rss_mb": _peak_rss_mb(), "loss": plan.loss}  # type: ignore[dict-item]
 
 
-class _PaddingCounter:
-    """Wraps a collator and counts real and padded token positions."""
+class _TokenCounter:
+    """Wraps a collator and counts positions computed, real (non-padding) tokens and supervised tokens."""
 
     def __init__(self, collator) -> None:
-        self.collator, self.real, self.total = collator, 0, 0
+        self.collator, self.computed, self.trained, self.supervised = collator, 0, 0, 0
 
     def __call__(self, rows):
         batch = self.collator(rows)
-        self.real += int(batch["attention_mask"].sum())
-        self.total += batch["attention_mask"].numel()
+        self.computed += batch["input_ids"].numel()
+        self.trained += sum(len(row["input_ids"]) for row in rows)
+        self.supervised += int((batch["labels"][..., 1:] != -100).sum())
         return batch
+
+    def rates(self, seconds: float) -> dict[str, float]:
+        return {"train_s": seconds, "computed_tokens_per_s": self.computed / seconds,
+                "trained_tokens_per_s": self.trained / seconds, "supervised_tokens_per_s": self.supervised / seconds,
+                "pad_share": 1 - self.trained / max(self.computed, 1)}  # fmt: skip
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so each run reports its own peak
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("trained_tokens_per_s", "computed_tokens_per_s", "supervised_tokens_per_s", "pad_share",
+            "peak_rss_mb", "train_s")  # fmt: skip
+    summary: dict[str, Any] = {key: statistics.median(r[key] for r in results) for key in keys}
+    summary |= {f"{key}_min_median_max": _spread([r[key] for r in results]) for key in keys}
+    return summary | {"loss": results[0]["loss"], "runs": results}
+
+
+def _spread(values: list[float]) -> list[float]:
+    return [min(values), statistics.median(values), max(values)]
+
+
+def _targets(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
+    packed, dynamic = modes["packed"], modes["dynamic"]
+    return {
+        "packed_pad_share": packed["pad_share"],  # target <= 0.02
+        # target >= 0.9: isolation costs at most 10 % of the compute rate
+        "packed_trained_over_dynamic_computed": packed["trained_tokens_per_s"]
+        / dynamic["computed_tokens_per_s"],
+        "packed_trained_over_dynamic_trained": packed["trained_tokens_per_s"]
+        / dynamic["trained_tokens_per_s"],
+    }
+
+
+def _machine(loads: list[tuple[float, float, float]]) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+            "load_1m_before_after": [loads[0][0], loads[-1][0]]}  # fmt: skip
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    from glmtune import __version__
+
+    packages = ("torch", "transformers", "peft", "datasets")
+    return {"python": platform.python_version(), "glmtune": __version__} | {p: version(p) for p in packages}
+
+
+def _show(report: dict[str, Any]) -> None:
+    rows = [[mode, f"{r['train_s']:.1f}", f"{r['computed_tokens_per_s']:,.0f}", f"{r['trained_tokens_per_s']:,.0f}",
+             f"{r['supervised_tokens_per_s']:,.0f}", f"{r['pad_share']:.1%}", f"{r['peak_rss_mb']:,.0f}"]
+            for mode, r in report["modes"].items()]  # fmt: skip
+    term.table(f"{STEPS} LoRA steps x {REPEATS} (medians), GLM-4 hidden 512 x 4 layers, batch {BATCH}",
+               ["mode", "train s", "computed tok/s", "trained tok/s", "supervised tok/s", "padding", "peak RSS MB"],
+               rows)  # fmt: skip
+    term.table("targets", ["ratio", "value"], [[k, f"{v:.3f}"] for k, v in report["targets"].items()])
 
 
 if __name__ == "__main__":

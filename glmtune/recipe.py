@@ -77,6 +77,8 @@ class TrainSection(Section):
     keep_best: bool = False  # reload the checkpoint with the lowest eval loss at the end
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # batches of similar length: less padding
+    packing: bool | Literal["auto"] = "auto"  # samples share rows, isolated; auto: on where the family packs
+    loss: Literal["auto", "plain", "chunked", "fused"] = "auto"  # auto: fused (Liger, CUDA) or chunked
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=list
     )  # logs under checkpoints/runs; metrics.jsonl, loss.png always

@@ -56,6 +56,7 @@ class Family:
     original_tokenizer: str = ""  # glm_tokenizers family of the original-layout tokenizer files
     recognises: Recogniser | None = None  # detection of an original-layout (model_type "chatglm") folder
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
+    cannot_pack: str = ""  # why samples cannot share a training row (train.packing); empty: they can
 
 
 def role_layout(

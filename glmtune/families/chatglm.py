@@ -93,4 +93,8 @@ FAMILY = Family(
     original_tokenizer="chatglm",
     recognises=_is_chatglm6b,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
+    cannot_pack=(
+        "its prefix-LM attention and 2D positions are derived from the [gMASK]/<sop> of one sample per row "
+        "(glmtune.families.modeling_chatglm6b)"
+    ),
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 from glmtune.errors import UsageError
 from glmtune.recipe import Recipe
+from glmtune.training.loss import resolve_loss
 
 GIB = 1024**3
 
@@ -154,9 +155,14 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     adam_bytes = 8 + (4 if trainable_width < 4 else 0)
     optimizer = trainable * adam_bytes / (processes if stage >= 1 else 1) * (0 if offload else 1)
     activations = _activation_bytes(config, recipe, width)
-    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
+    loss = resolve_loss(recipe.train.loss, config.model_type, stage)
+    logits = logits_bytes(config, recipe, width, loss)
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+             f"logits ({loss} loss)": logits}  # fmt: skip
     estimate = {name: value / GIB for name, value in parts.items()}
     estimate["total"] = sum(estimate.values()) * 1.1  # allocator fragmentation and CUDA context
+    if loss != "plain":
+        estimate["saved against full logits"] = (logits_bytes(config, recipe, width, "plain") - logits) / GIB
     return estimate
 
 
@@ -169,7 +175,18 @@ def _activation_bytes(config, recipe: Recipe, width: int) -> float:
         per_layer = s * b * h * width
     else:
         per_layer = s * b * h * (34 + 5 * heads * s / h) * width / 2
-    return layers * per_layer + s * b * config.vocab_size * 4  # fp32 logits for the loss
+    return layers * per_layer
+
+
+def logits_bytes(config, recipe: Recipe, width: int, loss: str) -> float:
+    """The loss's peak: logits in the model's dtype, their fp32 copy and fp32 log-softmax, for every token of the
+    batch (plain) or for one chunk of `glmtune.training.loss.CHUNK_TOKENS` tokens at a time (chunked, fused)."""
+    from glmtune.training.loss import CHUNK_TOKENS
+
+    tokens = recipe.data.max_length * recipe.train.batch_size
+    if loss != "plain":
+        tokens = min(tokens, CHUNK_TOKENS)
+    return tokens * config.vocab_size * (width + 8)
 
 
 def gpu_memory_gib(recipe: Recipe) -> float | None:

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from glmtune.training.launch import (
     plan_launch,
     refuse_impossible,
     run_workers,
+    zero_stage,
 )
 
 
@@ -112,6 +114,7 @@ def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
         raise UsageError(
             "train.report_to: tensorboard is not installed; pip install tensorboard, or remove it"
         )
+    use_packing(recipe, family)
     model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
     if has_cuda() or recipe.launch.gpu_memory_gb:
         refuse_impossible(
@@ -178,7 +181,9 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
     model = apply_method(model, recipe, family)
     if args.process_index == 0:
         update_run(run_dir, status="training")
-    trainer = fit(model, tokenizer, prepared, args, run_dir, resume)
+    trainer = fit(
+        model, tokenizer, prepared, args, run_dir, resume, batching(recipe, family, tokenizer, model)
+    )
     save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
 
 
@@ -257,7 +262,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         metric_for_best_model="eval_loss" if t.keep_best else None,
         greater_is_better=False if t.keep_best else None,
         activation_checkpointing=t.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length"
+        if t.group_by_length
+        else "random",  # packing=true refuses it
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=not has_cuda() and ds_config is None,
@@ -282,20 +289,70 @@ def collator(tokenizer, fixed_length: int | None = None):
                                   label_pad_token_id=IGNORE_INDEX, return_tensors="pt")  # fmt: skip
 
 
-def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False):
+def use_packing(recipe: Recipe, family: Family) -> bool:
+    """`train.packing` resolved: auto packs where the family can and length grouping was not asked for."""
+    packing, grouped = recipe.train.packing, recipe.train.group_by_length
+    if packing is True and family.cannot_pack:
+        raise UsageError(
+            f"train.packing: {family.title} cannot pack samples: {family.cannot_pack}; set train.packing = false"
+        )
+    if packing is True and grouped:
+        raise UsageError(
+            "train.packing and train.group_by_length: packed rows have no lengths to group; pick one"
+        )
+    return packing is True or (packing == "auto" and not grouped and not family.cannot_pack)
+
+
+@dataclass
+class Batching:
+    """How the Trainer gets its batches and loss: packed rows or padded samples, and the loss over the head."""
+
+    packed: bool
+    max_length: int
+    collator: Any
+    loss: str  # plain, chunked or fused (glmtune.training.loss)
+
+    def split(self, dataset):
+        from glmtune.training.packing import pack_dataset
+
+        return pack_dataset(dataset, self.max_length) if self.packed and dataset is not None else dataset
+
+
+def batching(recipe: Recipe, family: Family, tokenizer, model) -> Batching:
+    """Packed or padded batches and the loss; a packed sdpa model switches to sdpa per packed sample."""
+    from glmtune.training.loss import resolve_loss
+    from glmtune.training.packing import PackedCollator, use_packed_sdpa
+
+    packed = use_packing(recipe, family)
+    attention = str(getattr(model.config, "_attn_implementation", ""))
+    flash = attention.startswith("flash")
+    if packed and attention == "sdpa":
+        use_packed_sdpa(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padded_or_packed = PackedCollator(pad_id, flatten=flash) if packed else collator(tokenizer)
+    loss = resolve_loss(recipe.train.loss, model.config.model_type, zero_stage(deepspeed_config(recipe)))
+    return Batching(packed, recipe.data.max_length, padded_or_packed, loss)
+
+
+def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False,
+        plan: Batching | None = None):  # fmt: skip
     """Run the Trainer with glmtune's callbacks; the progress bar is closed even when training fails."""
     from transformers import PrinterCallback, Trainer
 
+    from glmtune.training.loss import HeadLoss
+
+    plan = plan or Batching(False, 0, collator(tokenizer), "plain")
     progress = progress_callback()
     callbacks = [progress, MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
                  NanWatchdog(), CheckpointMarker()]  # fmt: skip
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=prepared.splits["train"],
-        eval_dataset=prepared.splits.get("eval"),
-        data_collator=collator(tokenizer),
+        train_dataset=plan.split(prepared.splits["train"]),
+        eval_dataset=plan.split(prepared.splits.get("eval")),
+        data_collator=plan.collator,
         callbacks=callbacks,
+        compute_loss_func=None if plan.loss == "plain" else HeadLoss(model, plan.loss),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; our progress bar shows the same
     try:
@@ -383,6 +440,8 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
 
     import tomli_w
 
+    from glmtune.training.loss import resolve_loss
+
     term.out(tomli_w.dumps(recipe.to_dict()))
     with tempfile.TemporaryDirectory() as scratch:
         prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
@@ -399,6 +458,11 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
             ["architecture", model.config.model_type],
             ["method", recipe.method.kind],
             ["quantize", recipe.launch.quantize],
+            [
+                "batches",
+                "packed rows (isolated samples)" if use_packing(recipe, family) else "padded per batch",
+            ],
+            ["loss", resolve_loss(recipe.train.loss, model.config.model_type, zero_stage(launch.deepspeed))],
             ["trainable parameters", f"{trainable:,}"],
             ["total parameters", f"{total:,}"],
             ["launcher", command],
