@@ -1,16 +1,27 @@
 """The one object that talks to the terminal: semantic calls on stderr, silent on ranks other than 0.
 
 stdout is kept for data (a `chat --query` answer, `prepare --show` samples go through `out`), so pipelines can use it.
+When stderr is a file or a pipe, nothing is wrapped and training progress is one plain line per logging step.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
@@ -19,9 +30,24 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# Libraries that log at import time, before any command could quiet them: bitsandbytes (which peft imports whenever
+# it is installed) warns about an optional CPU kernel package on every run, quantized or not.
+IMPORT_CHATTER = ("bitsandbytes",)
+
+
+def quiet_import_chatter() -> None:
+    for name in IMPORT_CHATTER:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 class Terminal:
     def __init__(self) -> None:
+        quiet_import_chatter()  # glmtune owns stderr from here on
         self.err = Console(stderr=True, highlight=False, quiet=not _is_rank_zero())
+        if not self.err.is_terminal:  # a log file or pipe: keep every line whole
+            self.err = Console(
+                stderr=True, highlight=False, quiet=not _is_rank_zero(), soft_wrap=True, width=1000
+            )
         self.stdout = Console(highlight=False, soft_wrap=True)
 
     def info(self, message: str, markup: bool = False) -> None:
@@ -63,73 +89,85 @@ term = Terminal()
 
 
 def progress_callback():
-    """A transformers TrainerCallback that shows a rich progress bar with loss, learning rate, tokens/s and ETA."""
-    import time
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A transformers TrainerCallback for loss, learning rate, tokens/s and time: a rich progress bar on a terminal;
+    in a file or pipe (where a bar shows nothing until the run ends) one plain line every `logging_steps`."""
     from transformers import TrainerCallback
 
-    class RichProgress(TrainerCallback):
+    class TrainProgress(TrainerCallback):
         def __init__(self) -> None:
-            self.progress: Progress | None = None
-            self.task = None
+            self.bar: Progress | None = None
+            self.task: Any = None
+            self.active = False
             self.started = 0.0
             self.fields = {"loss": "-", "lr": "-", "tps": "-", "epoch": "0.00"}
 
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
-            self.progress = Progress(
-                TextColumn("[bold]train[/]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(
-                    "epoch {task.fields[epoch]} · loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s"
-                ),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=term.err,
-                transient=False,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps, **self.fields)
-            self.started = time.perf_counter()
+            self.active, self.started = True, time.perf_counter()
+            if term.err.is_terminal:
+                self.bar = progress_bar()
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=state.max_steps, **self.fields)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self.progress is None:
-                return
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
-            self.fields["tps"] = f"{state.num_input_tokens_seen / elapsed:,.0f}"
-            self.fields["epoch"] = f"{state.epoch or 0:.2f}"
-            self.progress.update(self.task, completed=state.global_step, **self.fields)
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, **self.measure(state))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.progress is None or not logs:
+            if not self.active or not logs:
                 return
             if "loss" in logs:
                 self.fields["loss"] = f"{logs['loss']:.4f}"
             if "learning_rate" in logs:
                 self.fields["lr"] = f"{logs['learning_rate']:.2e}"
             if "eval_loss" in logs:
-                self.progress.console.print(f"  step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
-            self.progress.update(self.task, **self.fields)
+                (self.bar.console if self.bar else term.err).print(
+                    f"  step {state.global_step}: eval loss {logs['eval_loss']:.4f}"
+                )
+            if self.bar is not None:
+                self.bar.update(self.task, **self.fields)
+            elif "loss" in logs:
+                term.info(plain_progress_line(state, self.measure(state), time.perf_counter() - self.started))
+
+        def measure(self, state) -> dict[str, str]:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.fields["tps"] = f"{state.num_input_tokens_seen / elapsed:,.0f}"
+            self.fields["epoch"] = f"{state.epoch or 0:.2f}"
+            return self.fields
 
         def on_train_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
             self.close()
 
         def close(self) -> None:
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
+            self.active = False
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
 
-    return RichProgress()
+    return TrainProgress()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "epoch {task.fields[epoch]} · loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[tps]} tok/s"
+        ),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=term.err,
+        transient=False,
+    )
+
+
+def plain_progress_line(state, fields: dict[str, str], elapsed: float) -> str:
+    return (
+        f"train step {state.global_step}/{state.max_steps} · epoch {fields['epoch']} · loss {fields['loss']} · "
+        f"lr {fields['lr']} · {fields['tps']} tok/s · {elapsed:.0f}s"
+    )

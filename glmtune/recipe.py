@@ -84,10 +84,9 @@ class TrainSection(Section):
     )  # logs under checkpoints/runs; metrics.jsonl, loss.png always
 
 
-ZERO_PRESETS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
-
-
 class LaunchSection(Section):
+    """How `train` runs; what each strategy needs and refuses is its row in glmtune.training.launch.BACKENDS."""
+
     strategy: Literal["single", "deepspeed"] = "single"  # deepspeed: ZeRO over processes/GPUs/nodes
     zero: str = "zero2"  # a preset (zero2, zero2_offload, zero3, zero3_offload) or a DeepSpeed JSON file
     processes_per_node: int = Field(1, gt=0)  # GPUs per node (on a CPU-only machine: worker processes)
@@ -100,25 +99,6 @@ class LaunchSection(Section):
         None, gt=0
     )  # per GPU; default: detected; plans that exceed it are refused
     allow_fp16: bool = False  # fp16 overflows on GLM-4 families; only when forced
-
-    @model_validator(mode="after")
-    def _launch_combinations(self) -> LaunchSection:
-        problems = []
-        if self.strategy == "deepspeed" and self.zero not in ZERO_PRESETS and not self.zero.endswith(".json"):
-            problems.append(
-                f"launch.zero: {self.zero!r} is neither a preset ({', '.join(ZERO_PRESETS)}) nor a .json file"
-            )
-        if self.quantize != "none" and self.strategy != "single":
-            problems.append(
-                "launch.quantize is for single-process LoRA: a quantized base cannot be sharded by ZeRO; use strategy = 'single'"
-            )
-        if self.nodes > 1 and not self.hostfile:
-            problems.append("launch.nodes > 1 needs launch.hostfile (DeepSpeed's hostfile listing the nodes)")
-        if self.nodes > 1 and self.strategy != "deepspeed":
-            problems.append("launch.nodes > 1 needs strategy = 'deepspeed'")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 class GenerationSection(Section):

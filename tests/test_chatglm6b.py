@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from glmtune.errors import UsageError
 from glmtune.families.modeling_chatglm6b import (
+    CACHE_NAME,
     ORIGINAL_FIELDS,
     ChatGLM6BConfig,
     ChatGLM6BForCausalLM,
@@ -306,10 +307,30 @@ def test_generate_matches_a_stepwise_argmax_loop(model):
         assert torch.allclose(logits, expected_logits, atol=1e-4)
 
 
+def test_generate_feeds_only_the_new_token_once_the_cache_holds_the_prompt(model):
+    fed: list[int] = []
+    hook = model.transformer.word_embeddings.register_forward_hook(
+        lambda _, args, out: fed.append(args[0].size(1))
+    )
+    try:
+        greedy(model, batch(PROMPT[:5]), 3, use_cache=True)
+    finally:
+        hook.remove()
+    assert fed == [5, 1, 1]
+
+
+def test_no_cache_is_built_while_training(model):
+    trained = copy.deepcopy(model).train()
+    assert getattr(trained(**training_batch()), CACHE_NAME) is None
+    assert getattr(trained(batch(PROMPT), use_cache=True), CACHE_NAME) is None
+    with torch.no_grad():  # generating from a model in training mode keeps its cache
+        assert getattr(trained(batch(PROMPT)), CACHE_NAME) is not None
+
+
 def test_new_tokens_sit_at_the_mask_position_with_rising_block_positions(model):
     prompt = batch(PROMPT[:5])  # a generation prompt ends with <sop> (context length 4, [gMASK] at 3)
     with torch.no_grad():
-        cache = model(prompt, use_cache=True).past_key_values
+        cache = getattr(model(prompt, use_cache=True), CACHE_NAME)
     step = model.prepare_inputs_for_generation(torch.cat([prompt, batch([11])], -1), past_key_values=cache)
     assert step["input_ids"].tolist() == [[11]]
     # the original's prepare_inputs_for_generation: [mask_position, seq_length - context_length] = [3, 6 - 4]

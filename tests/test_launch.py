@@ -8,9 +8,9 @@ from conftest import ROOT
 from safetensors.torch import load_file
 
 from glmtune.errors import UsageError
-from glmtune.recipe import load_recipe
-from glmtune.training.launch import plan_launch
-from glmtune.training.train import train
+from glmtune.recipe import LaunchSection, load_recipe
+from glmtune.training.launch import BACKENDS, estimate_memory, plan_launch
+from glmtune.training.train import meta_model, train
 
 DEMO = ROOT / "recipes" / "demo.toml"
 
@@ -52,15 +52,45 @@ def test_multi_node_uses_the_deepspeed_launcher_with_the_recipes_hostfile(tmp_pa
         (["launch.strategy='deepspeed'", "launch.quantize='8bit'"], "quantize is for single-process LoRA"),
         (["method.kind='full'", "launch.quantize='4bit'"], "quantize needs method.kind = 'lora'"),
         (["launch.nodes=2", "launch.strategy='deepspeed'"], "needs launch.hostfile"),
+        (["launch.nodes=2", "launch.hostfile='hosts'"], "need strategy = 'deepspeed'"),
+        (["launch.strategy='deepspeed'", "launch.zero='zero4'"], "neither a preset"),
         (["model.dtype='float16'"], "float16 overflows on glm4"),
         (["method.kind='full'", "launch.gpu_memory_gb=0.001", "model.dtype='bfloat16'"], "GiB per GPU but"),
     ],
-    ids=["quantize-zero", "quantize-full", "multinode-hostfile", "fp16-glm4", "does-not-fit"],
+    ids=[
+        "quantize-zero",
+        "quantize-full",
+        "multinode-hostfile",
+        "multinode-single",
+        "unknown-preset",
+        "fp16-glm4",
+        "does-not-fit",
+    ],
 )
 def test_impossible_plans_are_refused_before_anything_starts(tmp_path, overrides, message):
     with pytest.raises(UsageError, match=message):
         train(demo(tmp_path, *overrides), dry_run=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_every_strategy_a_recipe_accepts_has_a_backend():
+    assert set(LaunchSection.model_fields["strategy"].annotation.__args__) == set(BACKENDS)
+
+
+def test_memory_estimate_reads_offload_from_the_resolved_deepspeed_config(tmp_path):
+    from glmtune.checkpoints.load import resolve_model_path
+
+    preset = json.loads((ROOT / "glmtune" / "training" / "presets" / "zero3_offload.json").read_text())
+    (tmp_path / "mine.json").write_text(json.dumps(preset))  # offloads, though its name does not say so
+    estimates = {}
+    for zero in ("zero3", "zero3_offload", str(tmp_path / "mine.json")):
+        recipe = demo(tmp_path, "launch.strategy='deepspeed'", f"launch.zero='{zero}'", "method.kind='full'")
+        model = meta_model(resolve_model_path(recipe.model.path), recipe)
+        total = sum(p.numel() for p in model.parameters())
+        estimates[zero] = estimate_memory(model, recipe, total, total)
+    mine = estimates[str(tmp_path / "mine.json")]
+    assert mine == estimates["zero3_offload"]
+    assert mine["optimizer"] == 0 and mine["weights"] == 0 < estimates["zero3"]["optimizer"]
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])

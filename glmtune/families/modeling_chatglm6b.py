@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Generat
 from transformers.configuration_utils import PretrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 
 try:
     from glmtune.errors import UsageError
@@ -41,12 +42,17 @@ except ImportError:  # running as an export's remote code without glmtune instal
         """A problem the user can fix."""
 
 
+logger = logging.get_logger(__name__)
+
 MODEL_TYPE = "chatglm6b"  # not "chatglm": that name belongs to the remote code's config
 
 # GLMBlock takes `num_layers=28` as a default argument that ChatGLMModel never passes, so the remote code runs every
 # checkpoint with alpha = sqrt(2 * 28), whatever config.num_layers says; tiny test models included.
 RESIDUAL_ALPHA = (2 * 28) ** 0.5
 MASKED_SCORE = -10000.0  # attention_fn's fill for blocked scores (finite: a fully blocked row stays finite)
+# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`. This file also runs as an
+# export's remote code on either side of the rename, so it asks the installed output class which name it has.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class ChatGLM6BConfig(PretrainedConfig):
@@ -239,10 +245,14 @@ class GLMBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.mlp = GLU(config)
 
-    def forward(self, hidden: Tensor, blocked: Tensor, rotary: tuple, past_key_values=None) -> Tensor:
+    # The hidden states go positionally and the cache as `cache=`: GradientCheckpointingLayer checkpoints the
+    # positional tensors and drops a `cache` keyword under checkpointing (a replayed layer would append twice).
+    def forward(
+        self, hidden: Tensor, blocked: Tensor, rotary: tuple, cache: DynamicCache | None = None
+    ) -> Tensor:
         # GLM-130B residuals: from the normalised input, scaled by alpha
         attention_input = self.input_layernorm(hidden)
-        attention_output = self.attention(attention_input, blocked, rotary, past_key_values)
+        attention_output = self.attention(attention_input, blocked, rotary, cache)
         hidden = attention_input * RESIDUAL_ALPHA + attention_output
         mlp_input = self.post_attention_layernorm(hidden)
         return mlp_input * RESIDUAL_ALPHA + self.mlp(mlp_input)
@@ -306,9 +316,10 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         use_cache: bool | None = None,
         inputs_embeds: Tensor | None = None,
+        past_key_values: DynamicCache | None = None,  # the cache's name before transformers 5.24
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (and the shifted cross-entropy with -100 ignored when `labels` are given) and the kv cache.
@@ -316,14 +327,16 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
         produced."""
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             raise NotImplementedError("this ChatGLM-6B port returns no per-layer attentions / hidden states")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        cache = cache if cache is not None else past_key_values
+        if not self.wants_cache(use_cache, labels):
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
         hidden = self.transformer.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             if input_ids is None or past_length:
-                raise ValueError("pass position_ids ([batch, 2, seq]) with inputs_embeds or past_key_values")
+                raise ValueError("pass position_ids ([batch, 2, seq]) with inputs_embeds or a cache")
             position_ids = position_ids_2d(input_ids, self.config, attention_mask)
         blocked = self.blocked_attention(input_ids, attention_mask, hidden.size(1), past_length)
         rotary_dim = self.config.hidden_size // self.config.num_attention_heads // 2
@@ -332,26 +345,38 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
             *rotary_tables(position_ids[:, 1], rotary_dim, hidden.dtype),
         )
         for layer in self.transformer.layers:
-            hidden = layer(hidden, blocked=blocked, rotary=rotary, past_key_values=past_key_values)
+            hidden = layer(hidden, blocked=blocked, rotary=rotary, cache=cache)
         logits = self.lm_head(self.transformer.final_layernorm(hidden))
         loss = None if labels is None else shifted_cross_entropy(logits, labels)
-        cache = past_key_values if use_cache else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        named_cache: dict[str, Any] = {CACHE_NAME: cache}
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **named_cache)
+
+    def wants_cache(self, use_cache: bool | None, labels: Tensor | None) -> bool:
+        """No kv cache while training (labels given, or a forward that will be backpropagated), as transformers'
+        models do: nothing reads it, and a gradient-checkpointed layer's recompute would append its keys again.
+        Without gradients (generation, even from a model in training mode) the config's `use_cache` decides."""
+        if labels is not None or (self.training and torch.is_grad_enabled()):
+            if use_cache:
+                logger.warning_once("ChatGLM-6B: no kv cache while training; setting `use_cache=False`.")
+            return False
+        return bool(self.config.use_cache if use_cache is None else use_cache)
 
     # generate() passes everything by keyword; the rest of the base signature (inputs_embeds...) is not supported
     def prepare_inputs_for_generation(  # type: ignore[override]
-        self, input_ids, past_key_values=None, attention_mask=None, **kwargs
+        self, input_ids, cache=None, attention_mask=None, past_key_values=None, **kwargs
     ) -> dict:
         """The original's: the whole prompt first, then only the new tokens, each at the `[gMASK]` position with block
         positions 2, 3, ... (what `get_position_ids` gives them in the full sequence). Passed position_ids are not
-        used: generate() would extend them as 1D positions."""
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        used: generate() would extend them as 1D positions. The cache comes as `cache` (transformers >= 5.24) or
+        `past_key_values` (earlier)."""
+        cache = cache if cache is not None else past_key_values
+        past_length = cache.get_seq_length() if cache is not None else 0
         position_ids = position_ids_2d(input_ids, self.config, attention_mask)[..., past_length:]
         return {
             "input_ids": input_ids[:, past_length:],
             "attention_mask": attention_mask,
             "position_ids": position_ids,
-            "past_key_values": past_key_values,
+            "cache": cache,
             "use_cache": kwargs.get("use_cache"),
         }
 

@@ -47,6 +47,7 @@ from glmtune.training.callbacks import (
     latest_complete_checkpoint,
 )
 from glmtune.training.launch import (
+    backend_of,
     deepspeed_config,
     estimate_memory,
     has_cuda,
@@ -77,8 +78,7 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Pat
         write_recipe(run_dir, recipe)
         write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
     if launch.command:
-        workers = recipe.launch.processes_per_node * recipe.launch.nodes
-        term.step(f"launching {workers} DeepSpeed workers ({recipe.launch.zero})")
+        term.step(launch.announce)
         run_workers(launch)
     else:
         train_here(recipe, run_dir, resume, prepared)
@@ -190,7 +190,7 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
 def _weights_dtype(recipe: Recipe) -> str:
     # Full fine-tuning in bf16/fp16 keeps fp32 master weights (the Trainer autocasts the compute): updates of a
     # small learning rate would round away in 16-bit weights. LoRA trains fp32 adapters on a 16-bit base.
-    if recipe.method.kind == "full" and recipe.launch.strategy == "single":
+    if recipe.method.kind == "full" and backend_of(recipe).fp32_weights_for_full:
         return "float32"
     return recipe.model.dtype
 
