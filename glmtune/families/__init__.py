@@ -73,7 +73,9 @@ def detect_family(folder: Path) -> Family:
     if matches:
         problem = f"it fits several GLM families ({', '.join(f.name for f in matches)})"
     else:
-        problem = f"no GLM family recognises it (model_type {model_type!r}, its tokenizer files and chat template)"
+        problem = (
+            f"no GLM family recognises it (model_type {model_type!r}, its tokenizer files and chat template)"
+        )
     names = ", ".join(f.name for f in matches) or ", ".join(sorted(REGISTRY))
     raise UsageError(
         f"{folder / 'config.json'}: {problem}; set model.family (glmtune convert: --family) to one of {names}"
@@ -94,3 +96,10 @@ def original_layout_types() -> frozenset[str]:
 def tiny_specs() -> dict[str, tuple[Family, TinySpec]]:
     """Every builtin tiny checkpoint by name, with its family."""
     return {spec.name: (family, spec) for family in REGISTRY.values() for spec in family.tiny}
+
+
+def register_architectures() -> None:
+    """Make every family's own architectures known to the Auto classes (safe to call again)."""
+    for family in REGISTRY.values():
+        if family.register_architectures is not None:
+            family.register_architectures()

@@ -119,6 +119,7 @@ class TokenizerSpec:
     replacements: tuple[tuple[str, str], ...] = ()  # sentencepiece_unigram: applied to text first, in order
     id_offset_key: str = ""  # sentencepiece_unigram: tokenizer_config.json key of the id offset
     id_offset_default: int = 0  # ... when the key is absent
+    id_offset_piece: str = "<offset_{}>"  # sentencepiece_unigram: the names of the offset ids' pieces
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,14 @@ class WeightLayout:
     model from, its class, and the state-dict mapping both ways. Functions import torch/transformers lazily."""
 
     name: str
-    loading_config: Callable[[Mapping[str, Any]], Any]  # original config.json -> a config the Auto classes know
+    loading_config: Callable[
+        [Mapping[str, Any]], Any
+    ]  # original config.json -> a config the Auto classes know
     model_class: Callable[[], type]
     to_loaded: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # original names -> model names
-    to_original: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # model names -> original names
+    to_original: Callable[
+        [dict[str, Any], Mapping[str, Any]], dict[str, Any]
+    ]  # model names -> original names
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,9 @@ class TinySpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     tokenizer_config: Mapping[str, Any] = field(default_factory=dict)
     split_pattern: str = ""  # native: the pre-tokenizer regex of the trained tokenizer
-    tokenizer_pieces: int = 0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
+    tokenizer_pieces: int = (
+        0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
+    )
 
 
 @dataclass(frozen=True)
@@ -176,12 +183,15 @@ class Family:
     original: OriginalLayout | None = None  # the original remote-code layout, when the family has one
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
+    register_architectures: Callable[[], None] | None = (
+        None  # make glmtune's own classes known to the Auto classes
+    )
 
     def recognises(self, facts: FolderFacts) -> bool:
         return any(signature.matches(facts) for signature in self.detection)
 
     def folder_layout(self, facts: FolderFacts) -> str | None:
-        """"native" or "original" for a folder this family recognises, else None."""
+        """ "native" or "original" for a folder this family recognises, else None."""
         return next((s.layout for s in self.detection if s.matches(facts)), None)
 
 

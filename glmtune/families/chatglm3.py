@@ -44,7 +44,9 @@ CHATGLM3_CHAT_TEMPLATE = (
 # The control tokens ChatGLM2/3's SentencePiece tokenizer appends after its 64,789 pieces, in id order.
 SP_CONTROL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
-SP_PIECES = 64789  # tokenizer.model's size: the special tokens follow at these ids ([gMASK] 64790, <|user|> 64795)
+SP_PIECES = (
+    64789  # tokenizer.model's size: the special tokens follow at these ids ([gMASK] 64790, <|user|> 64795)
+)
 # tokenization_chatglm.py SPTokenizer: SentencePiece BPE, the control then role tokens appended in this order; the
 # bare words sop/eop match only as whole words ("Aesop" stays text).
 ORIGINAL = OriginalLayout(
@@ -75,8 +77,14 @@ TINY = (
     TinySpec(
         "tiny-chatglm3",
         "original",
-        config={**glm_original_layout.OFFICIAL_CONFIG, "seq_length": 8192},
-        tokenizer_config={"chat_template": CHATGLM3_CHAT_TEMPLATE, "eos_token": "</s>", "pad_token": "<unk>"},
+        config={**glm_original_layout.OFFICIAL_CONFIG, **glm_original_layout.TINY_SIZES, "seq_length": 8192},
+        tokenizer_config={
+            "tokenizer_class": "ChatGLMTokenizer",
+            "remove_space": False,
+            "chat_template": CHATGLM3_CHAT_TEMPLATE,
+            "eos_token": "</s>",
+            "pad_token": "<unk>",
+        },
         tokenizer_pieces=SP_PIECES,
     ),
 )

@@ -86,9 +86,13 @@ _MOE_CONFIG = {
     "first_k_dense_replace": 1,
 }
 TINY = (
-    TinySpec("tiny-glm4", "native", model_type="glm4", split_pattern=SPLIT_PATTERN),  # GLM-4-0414's architecture
+    TinySpec(
+        "tiny-glm4", "native", model_type="glm4", split_pattern=SPLIT_PATTERN
+    ),  # GLM-4-0414's architecture
     TinySpec("tiny-glm", "native", model_type="glm", split_pattern=SPLIT_PATTERN),  # glm-4-9b-chat-hf's
-    TinySpec("tiny-glm4-moe", "native", model_type="glm4_moe", config=_MOE_CONFIG, split_pattern=SPLIT_PATTERN),
+    TinySpec(
+        "tiny-glm4-moe", "native", model_type="glm4_moe", config=_MOE_CONFIG, split_pattern=SPLIT_PATTERN
+    ),
 )
 
 
