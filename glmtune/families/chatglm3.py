@@ -13,24 +13,47 @@ from glmtune.families.base import (
     Family,
     Message,
     Piece,
+    RenderOptions,
+    ToolCall,
     checkpoint_names,
+    metadata_calls,
+    refuse_reasoning,
     role_layout,
 )
 
 
-def _chatglm3_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _chatglm3_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # ChatGLM3 (tokenization_chatglm.py `build_single_message`): `[gMASK]sop`, then per message the role token,
     # `encode(f"{metadata}\n")` and `encode(content)`: two SentencePiece calls, so each text gets its own dummy
     # prefix "▁" (the chat template's "\n " reproduces that). finetune_demo/finetune_hf.py marks whole assistant
     # messages, appends `</s>` and shifts the mask by one: trained are the metadata line, the content and the
     # token after the message (the next role token, or `</s>` at the end).
+    # Tools: `build_chat_input` appends `json.dumps(tools, indent=4, ensure_ascii=False)` to the system message after
+    # a newline (one is added when the conversation has none); a call's content is the code block that
+    # `process_response` evaluates: ```python\ntool_call(key=value, ...)\n```.
+    refuse_reasoning(messages, "chatglm3")
+    messages = metadata_calls(_with_tools(messages, options.tools), _tool_call_code)
     return role_layout(
         messages,
-        add_generation_prompt,
+        options,
         prefix=("[gMASK]", "sop"),
         body=lambda m: [f"{m.metadata}\n", m.content],
         conversation_end="</s>",
     )
+
+
+def _with_tools(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> list[Message]:
+    if not tools:
+        return list(messages)
+    listing = json.dumps(list(tools), indent=4, ensure_ascii=False)
+    if messages and messages[0].role == "system":
+        return [Message("system", f"{messages[0].content}\n{listing}"), *messages[1:]]
+    return [Message("system", f"\n{listing}"), *messages]
+
+
+def _tool_call_code(call: ToolCall) -> str:
+    arguments = ", ".join(f"{key}={value!r}" for key, value in call.arguments.items())
+    return f"```python\ntool_call({arguments})\n```"
 
 
 CHATGLM3_CHAT_TEMPLATE = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,23 +12,52 @@ from glmtune.families.base import (
     Family,
     Message,
     Piece,
+    RenderOptions,
+    metadata_calls,
+    refuse_reasoning,
     role_layout,
 )
+from glmtune.errors import UsageError
 
 
-def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _glm4_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # GLM-4 renders `[gMASK]<sop>` then `<|role|>{metadata}\n{content}` per message, the metadata line and content as
     # one text (the official chat template; GLM-4's finetune.py tokenizes through it). The model generates
     # everything after `<|assistant|>` including the newline, and ends its turn by emitting the next role token
     # (`<|user|>`, or `<|observation|>` after a tool call): finetune.py appends `<|user|>` and shifts the mask by
     # one, so the token after each assistant message is supervised.
+    # A call is `<|assistant|>{name}\n{arguments as JSON}` and the tools open the conversation as glm-4-9b-chat's
+    # template renders a message's `tools` (its system text, then per function a `## name` section).
+    refuse_reasoning(messages, "glm4")
     return role_layout(
-        messages,
-        add_generation_prompt,
+        metadata_calls(messages, lambda call: json.dumps(call.arguments, ensure_ascii=False)),
+        options,
         prefix=("[gMASK]", "<sop>"),
         body=lambda m: [f"{m.metadata}\n{m.content}"],
         conversation_end="<|user|>",
+        tools_system=_tools_system(options.tools),
     )
+
+
+_TOOLS_INTRO = (
+    "\n你是一个名为 GLM-4 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
+)
+
+
+def _tools_system(tools: Sequence[Mapping[str, Any]]) -> str:
+    if not tools:
+        return ""
+    sections = []
+    for tool in tools:
+        function = tool.get("function") if tool.get("type") == "function" else None
+        if not isinstance(function, Mapping) or "name" not in function:
+            raise UsageError(
+                f"tools: glm4 lists function tools ({{'type': 'function', 'function': {{'name': ...}}}}), got {tool!r}"
+            )
+        body = json.dumps(function, ensure_ascii=False, indent=4)
+        sections.append(f"\n\n## {function['name']}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。")
+    return _TOOLS_INTRO + "".join(sections)
 
 
 GLM4_CHAT_TEMPLATE = (
