@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from glmtune.errors import UsageError
-from glmtune.families import chatglm, chatglm2, chatglm3, glm4
+from glmtune.families import chatglm, chatglm2, chatglm3, glm4, glm4_5, glm4_7, glm5, glm5_2, glm5_3
 from glmtune.families.base import (
     FAMILY_KEY,
     ROLES,
@@ -40,7 +40,7 @@ __all__ = [
     "TinySpec", "TokenizerSpec", "WeightLayout", "read_json",
 ]  # fmt: skip
 
-_MODULES = (glm4, chatglm3, chatglm2, chatglm)
+_MODULES = (glm4, chatglm3, chatglm2, chatglm, glm4_5, glm4_7, glm5, glm5_2, glm5_3)
 REGISTRY: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in _MODULES}
 GLM4, CHATGLM3, CHATGLM2, CHATGLM = glm4.FAMILY, chatglm3.FAMILY, chatglm2.FAMILY, chatglm.FAMILY
 

@@ -57,6 +57,8 @@ class Piece:
 
 
 Layout = Callable[[Sequence[Message], RenderOptions], list[Piece]]
+# (reply text after `<|assistant|>`, the conversation's tools) -> (content, reasoning_content or None, tool_calls)
+ReplyParser = Callable[[str, Sequence[Mapping[str, Any]]], tuple[str, "str | None", list[ToolCall]]]
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Family:
     original: OriginalLayout | None = None  # the original remote-code layout, when the family has one
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
+    parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
 
     def recognises(self, facts: FolderFacts) -> bool:
         return any(signature.matches(facts) for signature in self.detection)

@@ -101,7 +101,12 @@ ORIGINAL = OriginalLayout(
 # Native GLM-4 folders ship GLM-4's template ("[gMASK]<sop>" then role tokens); an original glm-4-9b-chat folder is
 # told by its vocabulary size.
 DETECTION = (
-    Signature(model_types=("glm", "glm4", "glm4_moe"), template_markers=("[gMASK]<sop>", "<|assistant|>")),
+    # (glm4_moe only with GLM-4's own template, as glmtune's tiny MoE ships; GLM-4.5's XML template is glm4_5's)
+    Signature(
+        model_types=("glm", "glm4", "glm4_moe"),
+        template_markers=("[gMASK]<sop>", "<|assistant|>"),
+        template_lacks=("<arg_key>",),
+    ),
     Signature(
         model_types=(glm_original_layout.MODEL_TYPE,),
         layout="original",
@@ -125,7 +130,7 @@ TINY = (
 
 FAMILY = Family(
     name="glm4",
-    title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
+    title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-Z1, glmtune's builtin tiny models)",
     special_tokens=SPECIAL_TOKENS,
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",

@@ -22,6 +22,23 @@ from typing import Any
 from glmtune.errors import UsageError
 from glmtune.families.base import Message, Piece, RenderOptions, ToolCall
 
+# The added tokens of every GLM-4.5+ tokenizer, in id order (151329-151364 up to GLM-4.7, 154820-154855 from
+# GLM-4.7-Flash on: the same names in the same order, per the shipped tokenizer_config.json files).
+ADDED_TOKENS = (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+    "<|begin_of_audio|>", "<|end_of_audio|>", "<|begin_of_transcription|>", "<|end_of_transcription|>",
+    "<|code_prefix|>", "<|code_middle|>", "<|code_suffix|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+    "<tool_response>", "</tool_response>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", "/nothink",
+    "<|begin_of_box|>", "<|end_of_box|>", "<|image|>", "<|video|>",
+)
+# eos ids [151329, 151336, 151338] / [154820, 154827, 154829] of the shipped configs, by name
+STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+TURN_END_NOTE = (
+    "an assistant turn ends with the next <|user|> or <|observation|> (appended after the last turn: <|observation|> "
+    "after a tool call, else <|user|>); trained are its reasoning with </think>, content and calls, never an empty "
+    "think block or the <think> the generation prompt writes"
+)
 TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
         "</arg_value>", "<tool_response>", "</tool_response>")  # fmt: skip
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(tag) for tag in TAGS) + ")")
