@@ -283,8 +283,8 @@ def refuse_reasoning(messages: Sequence[Message], family: str) -> None:
     for index, message in enumerate(messages):
         if message.reasoning_content is not None:
             raise UsageError(
-                f"model.family {family} has no reasoning format, but message {index + 1} carries reasoning_content; "
-                "remove it (or write it into the content) or use a thinking family (glm4_5 and later)"
+                f"{family} has no reasoning format, but message {index + 1} carries reasoning_content; remove it "
+                "(or write it into the content) or set model.family to a thinking family (glm4_5 and later)"
             )
 
 
@@ -296,8 +296,8 @@ def refuse_tools(messages: Sequence[Message], options: RenderOptions, family: st
             found = found or f"message {index + 1} ({message.role}, a tool call or result)"
     if found:
         raise UsageError(
-            f"model.family {family} has no tool format, but the conversation carries {found}; "
-            "remove the tool data or use a family with tool calls (chatglm3, glm4, glm4_5 and later)"
+            f"{family} has no tool format, but the conversation carries {found}; remove the tool data or set "
+            "model.family to a family with tool calls (chatglm3, glm4, glm4_5 and later)"
         )
 
 
