@@ -15,6 +15,7 @@ from glmtune.families.base import (
     Piece,
     RenderOptions,
     Signature,
+    ToolCall,
     TinySpec,
     TokenizerSpec,
     metadata_calls,
@@ -41,6 +42,18 @@ def _glm4_layout(messages: Sequence[Message], options: RenderOptions) -> list[Pi
         conversation_end="<|user|>",
         tools_system=_tools_system(options.tools),
     )
+
+
+def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str, str | None, list[ToolCall]]:
+    """GLM-4's reply: `{name}\n{arguments as JSON}` for a call (a metadata line), else `\n{content}`."""
+    metadata, _, body = text.partition("\n")
+    if not metadata.strip():
+        return body.strip(), None, []
+    try:
+        arguments = json.loads(body)
+    except json.JSONDecodeError:
+        return text.strip(), None, []  # a name line without JSON arguments is not a call: keep it as text
+    return "", None, [ToolCall(metadata.strip(), arguments if isinstance(arguments, dict) else {"value": arguments})]
 
 
 _TOOLS_INTRO = (
@@ -142,4 +155,5 @@ FAMILY = Family(
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
     original=ORIGINAL,
     tiny=TINY,
+    parse_reply=parse_reply,
 )
