@@ -86,3 +86,19 @@ def template_text(template: str, messages: list[Message], options: RenderOptions
         clear_thinking=options.clear_thinking,
     )
     return rendered[0]
+
+
+def tiny_xml_tokenizer():
+    """The builtin tiny GLM tokenizer plus the GLM-4.5+ added tokens, flagged as GLM-4.7-Flash's tokenizer_config.json
+    flags them (role and control tokens special; <think>, <tool_call>, /nothink, … plain added tokens)."""
+    from tokenizers import AddedToken
+
+    from glmtune.checkpoints.tiny import train_tiny_tokenizer
+    from glmtune.families.think_xml import ADDED_TOKENS
+
+    tokenizer = train_tiny_tokenizer()
+    missing = [t for t in ADDED_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    special = [t for t in missing if t.startswith("<|") and not t.startswith("<|code_")]
+    tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing if t not in special])
+    return tokenizer

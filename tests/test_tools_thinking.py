@@ -8,14 +8,13 @@ import json
 from dataclasses import replace
 
 import pytest
-from release_conversations import CALL, CONVERSATIONS, SEARCH, TOOLS
+from release_conversations import CALL, CONVERSATIONS, SEARCH, TOOLS, tiny_xml_tokenizer
 
 from glmtune.data.formats import read_examples
 from glmtune.data.render import render_conversation, thinking_options
 from glmtune.errors import UsageError
 from glmtune.families import Message, get_family
 from glmtune.families.base import RenderOptions, ToolCall
-from glmtune.families.think_xml import ADDED_TOKENS
 
 NEW_FAMILIES = ("glm4_5", "glm4_7", "glm5", "glm5_2", "glm5_3")
 
@@ -159,18 +158,7 @@ def test_a_switch_the_template_lacks_is_refused(name, mode):
 
 @pytest.fixture(scope="module")
 def xml_tokenizer():
-    """The builtin tiny GLM tokenizer plus the GLM-4.5+ added tokens, flagged as GLM-4.7-Flash's tokenizer_config.json
-    flags them (role and control tokens special; <think>, <tool_call>, /nothink, … plain added tokens)."""
-    from tokenizers import AddedToken
-
-    from glmtune.checkpoints.tiny import train_tiny_tokenizer
-
-    tokenizer = train_tiny_tokenizer()
-    missing = [t for t in ADDED_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
-    special = [t for t in missing if t.startswith("<|") and not t.startswith("<|code_")]
-    tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing if t not in special])
-    return tokenizer
+    return tiny_xml_tokenizer()
 
 
 def _own_text(family, messages, options) -> str:

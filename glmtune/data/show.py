@@ -10,7 +10,7 @@ template itself does not write; everything before it is the template's text.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,17 @@ from glmtune.families import Family, Piece
 
 def render_lines(
     data: Path, family: Family, *, generation_prompt: bool, thinking: Thinking, tokenizer=None
-) -> Iterator[str]:
-    """JSON lines for the records of `data` (any format glmtune reads)."""
+) -> list[str]:
+    """JSON lines for the records of `data` (any format glmtune reads), all rendered before any is printed, so a
+    bad record leaves stdout empty."""
+    lines = []
     for example in read_examples([str(data)], "DATA", "auto", {}, None):
         try:
-            yield json.dumps(render_record(example, family, generation_prompt, thinking, tokenizer), ensure_ascii=False)
+            record = render_record(example, family, generation_prompt, thinking, tokenizer)
         except UsageError as exc:
             raise UsageError(f"{example.origin}: {exc}") from None
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return lines
 
 
 def render_record(
@@ -44,7 +48,7 @@ def render_record(
         record["trained"] = []  # a prompt trains nothing
     if tokenizer is not None:
         rendered = render_conversation(messages, family, tokenizer, options=options)
-        record |= {"ids": rendered.ids, "mask": [int(m) for m in rendered.mask]}
+        record |= {"ids": rendered.ids, "mask": [int(m and not generation_prompt) for m in rendered.mask]}
     return record
 
 
