@@ -68,7 +68,8 @@ def openai_messages(messages: list[Message]) -> list[dict]:
             turn["reasoning_content"] = m.reasoning_content
         if m.tool_calls:
             turn["tool_calls"] = [
-                {"type": "function", "function": {"name": c.name, "arguments": dict(c.arguments)}} for c in m.tool_calls
+                {"type": "function", "function": {"name": c.name, "arguments": dict(c.arguments)}}
+                for c in m.tool_calls
             ]
         out.append(turn)
     return out
@@ -97,8 +98,12 @@ def tiny_xml_tokenizer():
     from glmtune.families.think_xml import ADDED_TOKENS
 
     tokenizer = train_tiny_tokenizer()
-    missing = [t for t in ADDED_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    missing = [
+        t for t in ADDED_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
+    ]
     special = [t for t in missing if t.startswith("<|") and not t.startswith("<|code_")]
     tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing if t not in special])
+    tokenizer.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in missing if t not in special]
+    )
     return tokenizer

@@ -19,14 +19,15 @@ from glmtune.errors import UsageError
 from glmtune.families import detect_family, get_family
 from glmtune.families.think_xml import ADDED_TOKENS
 
-
 MISSING_SWITCH = {"glm4_5": "clear_thinking", "glm5_3": "enable_thinking"}  # the switch each template lacks
 
 
 def _asset(*parts: str):
     path = SHARED_ASSETS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"official GLM files not found at {path} (../shared beside the repo, or GLMTUNE_SHARED_ASSETS)")
+        pytest.skip(
+            f"official GLM files not found at {path} (../shared beside the repo, or GLMTUNE_SHARED_ASSETS)"
+        )
     return path
 
 
@@ -57,7 +58,8 @@ def test_rendering_equals_the_official_template(folder):
 
 
 @pytest.mark.parametrize(
-    ("folder", "family"), [("glm-4.5", "glm4_5"), ("glm-4.7-flash", "glm4_7"), ("glm-5.1", "glm5"), ("glm-5.2", "glm5_2")]
+    ("folder", "family"),
+    [("glm-4.5", "glm4_5"), ("glm-4.7-flash", "glm4_7"), ("glm-5.1", "glm5"), ("glm-5.2", "glm5_2")],
 )
 def test_shipped_folders_are_detected(folder, family):
     assert detect_family(_asset(folder)).name == family
@@ -82,7 +84,9 @@ def test_glm4_moe_with_glm45_template_never_renders_as_glm4(tmp_path):
 
 def test_unknown_template_and_missing_template_are_refused_naming_model_family(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "glm4_moe_lite"}))
-    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}")
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    )
     with pytest.raises(UsageError, match="model.family"):
         detect_family(tmp_path)
     with pytest.raises(UsageError, match="model.family"):
@@ -107,7 +111,11 @@ def test_glm5_stop_ids_are_the_glm47_flash_tokenizer_ids():
     ids = {entry["content"]: int(i) for i, entry in flash.items()}
     for folder, name in (("glm-5", "glm5"), ("glm-5.1", "glm5"), ("glm-5.2", "glm5_2")):
         expected = [ids[t] for t in get_family(name).stop_tokens]
-        assert json.loads(_asset(folder, "config.json").read_text())["eos_token_id"] == expected == [154820, 154827, 154829]
+        assert (
+            json.loads(_asset(folder, "config.json").read_text())["eos_token_id"]
+            == expected
+            == [154820, 154827, 154829]
+        )
     for folder in ("glm-5.2", "glm-5.3-flash"):
         generation = json.loads(_asset(folder, "generation_config.json").read_text())
         assert generation["eos_token_id"] == [ids[t] for t in get_family("glm5_3").stop_tokens]

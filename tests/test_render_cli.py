@@ -40,22 +40,30 @@ def _render(*args: str) -> list[dict]:
 def test_render_equals_the_folders_own_template(tmp_path, folder, mode):
     path = SHARED_ASSETS / folder
     if not (path / "chat_template.jinja").is_file():
-        pytest.skip(f"official GLM files not found at {path} (../shared beside the repo, or GLMTUNE_SHARED_ASSETS)")
+        pytest.skip(
+            f"official GLM files not found at {path} (../shared beside the repo, or GLMTUNE_SHARED_ASSETS)"
+        )
     template = (path / "chat_template.jinja").read_text(encoding="utf-8")
-    flags = {"train": [], "prompt": ["--generation-prompt"], "thinking_off": ["--enable-thinking", "false"]}[mode]
+    flags = {"train": [], "prompt": ["--generation-prompt"], "thinking_off": ["--enable-thinking", "false"]}[
+        mode
+    ]
     lines = _render(str(path), _data(tmp_path), *flags)
     assert len(lines) == len(RECORDS)
     for name, line in zip(RECORDS, lines, strict=True):
         messages, tools = CONVERSATIONS[name]
         options = RenderOptions(tools=tools, enable_thinking=mode != "thinking_off")
         if mode == "prompt":
-            expected = template_text(template, messages[:-1], RenderOptions(add_generation_prompt=True, tools=tools))
+            expected = template_text(
+                template, messages[:-1], RenderOptions(add_generation_prompt=True, tools=tools)
+            )
             assert (line["text"], line["trained"]) == (expected, []), name
             continue
         if mode == "thinking_off":
             messages = [without_reasoning(m) for m in messages]
         expected = template_text(template, messages, options)
-        end = "<|observation|>" if messages[-1].tool_calls else "<|user|>"  # the trained token that ends the turn
+        end = (
+            "<|observation|>" if messages[-1].tool_calls else "<|user|>"
+        )  # the trained token that ends the turn
         assert line["text"] == expected + end, name
         assert line["trained"] and line["trained"][-1].endswith(end)
         assert all(span in line["text"] for span in line["trained"])

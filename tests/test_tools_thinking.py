@@ -59,11 +59,16 @@ def test_sharegpt_glaive_function_call_observation_and_tools_column(tmp_path):
     record = {
         "conversations": [
             {"from": "human", "value": "Weather?"},
-            {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+            {
+                "from": "function_call",
+                "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}}),
+            },
             {"from": "observation", "value": '{"temp": 20}'},
             {"from": "gpt", "value": "20 degrees."},
         ],
-        "tools": json.dumps([{"name": "get_weather", "description": "weather", "parameters": {"type": "object"}}]),
+        "tools": json.dumps(
+            [{"name": "get_weather", "description": "weather", "parameters": {"type": "object"}}]
+        ),
     }
     (example,) = read_examples([_write(tmp_path, "g.json", [record])], "data.train", "auto", {}, None)
     assert [m.role for m in example.messages] == ["user", "assistant", "observation", "assistant"]
@@ -114,16 +119,26 @@ def test_families_without_tool_format_refuse_tool_data_by_name(name, kind):
 
 
 def test_glm4_writes_calls_as_a_name_line_and_json_and_lists_tools():
-    messages = [Message("user", "w?"), Message("assistant", "", tool_calls=(CALL,)), Message("observation", "x")]
+    messages = [
+        Message("user", "w?"),
+        Message("assistant", "", tool_calls=(CALL,)),
+        Message("observation", "x"),
+    ]
     text = _text(get_family("glm4"), messages, tools=TOOLS)
     assert '<|assistant|>get_weather\n{"city": "Paris", "days": 3}<|observation|>\nx' in text
     assert "## get_weather\n\n" + json.dumps(TOOLS[0]["function"], ensure_ascii=False, indent=4) in text
     with pytest.raises(UsageError, match="no reasoning format"):
-        get_family("glm4").layout([Message("user", "q"), Message("assistant", "a", reasoning_content="r")], RenderOptions())
+        get_family("glm4").layout(
+            [Message("user", "q"), Message("assistant", "a", reasoning_content="r")], RenderOptions()
+        )
 
 
 def test_chatglm3_writes_calls_in_its_metadata_line_and_tools_in_the_system_turn():
-    messages = [Message("system", "Use tools."), Message("user", "w?"), Message("assistant", "", tool_calls=(CALL,))]
+    messages = [
+        Message("system", "Use tools."),
+        Message("user", "w?"),
+        Message("assistant", "", tool_calls=(CALL,)),
+    ]
     text = _text(get_family("chatglm3"), messages, tools=TOOLS)
     functions = [tool["function"] for tool in TOOLS]  # ChatGLM3's demos list bare function objects
     assert "<|system|>\nUse tools.\n" + json.dumps(functions, indent=4, ensure_ascii=False) in text
@@ -140,8 +155,12 @@ def test_thinking_template_clears_history_keep_keeps_it_off_drops_it():
         messages, options = thinking_options(conversation, mode)
         return "".join(p.text for p in get_family(name).layout(messages, options))
 
-    assert "r1" not in rendered("glm4_7", "template") and "<think>r2</think>a2" in rendered("glm4_7", "template")
-    assert "<think>r1</think>a1" in rendered("glm4_7", "keep") and "<think>r2</think>a2" in rendered("glm4_7", "keep")
+    assert "r1" not in rendered("glm4_7", "template") and "<think>r2</think>a2" in rendered(
+        "glm4_7", "template"
+    )
+    assert "<think>r1</think>a1" in rendered("glm4_7", "keep") and "<think>r2</think>a2" in rendered(
+        "glm4_7", "keep"
+    )
     assert "r1" not in rendered("glm4_7", "off") and "r2" not in rendered("glm4_7", "off")
     assert rendered("glm4_5", "off").count("/nothink") == 2
 
@@ -172,7 +191,9 @@ def _own_text(family, messages, options) -> str:
             own = own[len(empty) :]
             break
     else:
-        prompt = "".join(p.text for p in family.layout(messages[:-1], replace(options, add_generation_prompt=True)))
+        prompt = "".join(
+            p.text for p in family.layout(messages[:-1], replace(options, add_generation_prompt=True))
+        )
         own = own.removeprefix(prompt.rsplit("<|assistant|>", 1)[1])
     return own + pieces[-1].text
 
@@ -219,13 +240,17 @@ def test_empty_think_blocks_and_the_prompts_think_are_never_trained(xml_tokenize
 
 
 REPLIES = {
-    "calls_and_reasoning": Message("assistant", "Let me look.", reasoning_content="I need it.", tool_calls=(CALL, SEARCH)),
+    "calls_and_reasoning": Message(
+        "assistant", "Let me look.", reasoning_content="I need it.", tool_calls=(CALL, SEARCH)
+    ),
     "call": Message("assistant", "", tool_calls=(CALL,)),
     "reasoning": Message("assistant", "It is 20°C.", reasoning_content="easy"),
     "answer": Message("assistant", "It is 20°C."),
 }
 ROUND_TRIPS = [(name, reply) for name in NEW_FAMILIES for reply in REPLIES] + [
-    (name, reply) for name in ("glm4", "chatglm3") for reply in ("call", "answer")  # one call per turn, no reasoning
+    (name, reply)
+    for name in ("glm4", "chatglm3")
+    for reply in ("call", "answer")  # one call per turn, no reasoning
 ]
 
 
@@ -236,7 +261,11 @@ def test_parse_reply_round_trips_a_rendered_assistant_turn(name, reply):
     text = "".join(p.text for p in pieces if not p.appended)
     assert family.parse_reply is not None
     content, reasoning, calls = family.parse_reply(text.rsplit("<|assistant|>", 1)[1], TOOLS)
-    assert (content, reasoning, calls) == (message.content, message.reasoning_content, list(message.tool_calls))
+    assert (content, reasoning, calls) == (
+        message.content,
+        message.reasoning_content,
+        list(message.tool_calls),
+    )
 
 
 def test_xml_parser_reads_values_by_schema_and_json():

@@ -41,7 +41,9 @@ MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
 class Example:
     messages: list[Message]
     origin: str  # "file:line", for messages
-    tools: tuple[Mapping[str, Any], ...] = ()  # the functions the conversation may call (OpenAI `tools` entries)
+    tools: tuple[
+        Mapping[str, Any], ...
+    ] = ()  # the functions the conversation may call (OpenAI `tools` entries)
 
 
 def data_files(paths: list[str], key: str) -> list[Path]:
@@ -90,7 +92,9 @@ def read_tools(record: Mapping[str, Any], origin: str) -> tuple[Mapping[str, Any
         if value in (None, "", []):
             continue
         if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-            raise UsageError(f"{origin}: 'tools' must be a list of function objects (or that list as a JSON string)")
+            raise UsageError(
+                f"{origin}: 'tools' must be a list of function objects (or that list as a JSON string)"
+            )
         tools += [t if "function" in t else {"type": "function", "function": t} for t in value]
     return tuple(tools)
 
@@ -116,7 +120,9 @@ def tool_calls(value: Any, origin: str, where: str) -> tuple[ToolCall, ...]:
         if isinstance(arguments, str):
             arguments = _json(arguments, origin, f"{where} arguments") if arguments.strip() else {}
         if not isinstance(arguments, dict):
-            raise UsageError(f"{origin}: {where}: the arguments of {function['name']!r} must be a JSON object")
+            raise UsageError(
+                f"{origin}: {where}: the arguments of {function['name']!r} must be a JSON object"
+            )
         calls.append(ToolCall(function["name"], arguments))
     return tuple(calls)
 
@@ -276,16 +282,24 @@ def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[
     speaker, text = keys
     messages: list[Message] = []
     for turn in _turns(record, origin, fmt):
-        if not isinstance(turn, dict) or speaker not in turn or (text not in turn and not turn.get("tool_calls")):
+        if (
+            not isinstance(turn, dict)
+            or speaker not in turn
+            or (text not in turn and not turn.get("tool_calls"))
+        ):
             raise UsageError(f"{origin}: each {fmt} turn needs '{speaker}' and '{text}'")
         role = roles.get(turn[speaker])
         if role is None:
             raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
-        messages.append(_message(turn, role, turn[speaker], turn.get(text), origin, f"{fmt}[{len(messages)}]"))
+        messages.append(
+            _message(turn, role, turn[speaker], turn.get(text), origin, f"{fmt}[{len(messages)}]")
+        )
     return messages
 
 
-def _message(turn: Mapping[str, Any], role: str, speaker: str, value: Any, origin: str, where: str) -> Message:
+def _message(
+    turn: Mapping[str, Any], role: str, speaker: str, value: Any, origin: str, where: str
+) -> Message:
     """One turn; a sharegpt `function_call` turn's value is the call, an OpenAI turn's calls are `tool_calls`."""
     calls: tuple[ToolCall, ...] = ()
     if speaker == "function_call":

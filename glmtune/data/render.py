@@ -43,7 +43,9 @@ def thinking_options(
     """The messages and render options of `[data] thinking`, the templates' own switches:
     "template": as the template renders at inference (thinking on, past reasoning cleared); "keep":
     `clear_thinking=false`, every turn's reasoning kept; "off": `enable_thinking=false`, reasoning dropped."""
-    options = RenderOptions(tools=tuple(tools), enable_thinking=thinking != "off", clear_thinking=thinking != "keep")
+    options = RenderOptions(
+        tools=tuple(tools), enable_thinking=thinking != "off", clear_thinking=thinking != "keep"
+    )
     if thinking == "off":
         messages = [without_reasoning(m) for m in messages]
     return list(messages), options
@@ -110,13 +112,17 @@ def render_sample(
         return Rendered([], [], "dropped")
     messages = list(messages)
     while len(rendered.ids) > max_length and _drop_oldest_round(messages):
-        rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history, options=options)
+        rendered = render_conversation(
+            messages, family, tokenizer, mask_history=mask_history, options=options
+        )
     answer_at = max(i for i, m in enumerate(messages) if m.role == "assistant")
     for target in (answer_at - 1, answer_at):
         while len(rendered.ids) > max_length and messages[target].content:
             overflow = len(rendered.ids) - max_length
             messages[target] = _cut_tail(messages[target], overflow, tokenizer)
-            rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history, options=options)
+            rendered = render_conversation(
+                messages, family, tokenizer, mask_history=mask_history, options=options
+            )
     if len(rendered.ids) > max_length or not any(rendered.mask):
         return Rendered([], [], "dropped")
     return replace(rendered, status="truncated")

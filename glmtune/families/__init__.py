@@ -73,7 +73,9 @@ def detect_family(folder: Path) -> Family:
     if matches:
         problem = f"it fits several GLM families ({', '.join(f.name for f in matches)})"
     else:
-        problem = f"no GLM family recognises it (model_type {model_type!r}, its tokenizer files and chat template)"
+        problem = (
+            f"no GLM family recognises it (model_type {model_type!r}, its tokenizer files and chat template)"
+        )
     names = ", ".join(f.name for f in matches) or ", ".join(sorted(REGISTRY))
     raise UsageError(
         f"{folder / 'config.json'}: {problem}; set model.family (glmtune convert: --family) to one of {names}"

@@ -27,8 +27,12 @@ class ToolCall:
 class Message:
     role: str  # one of ROLES
     content: str
-    metadata: str = ""  # GLM-4/ChatGLM3 tool-call line: the function name of an assistant call (content: arguments)
-    reasoning_content: str | None = None  # the assistant's reasoning; None: not given (content may hold <think>…)
+    metadata: str = (
+        ""  # GLM-4/ChatGLM3 tool-call line: the function name of an assistant call (content: arguments)
+    )
+    reasoning_content: str | None = (
+        None  # the assistant's reasoning; None: not given (content may hold <think>…)
+    )
     tool_calls: tuple[ToolCall, ...] = ()
 
 
@@ -39,7 +43,9 @@ class RenderOptions:
     add_generation_prompt: bool = False
     tools: tuple[Mapping[str, Any], ...] = ()  # the conversation's function list (OpenAI `tools` entries)
     enable_thinking: bool = True  # the templates' `enable_thinking`
-    clear_thinking: bool = True  # the templates' `clear_thinking`: reasoning before the last user turn is dropped
+    clear_thinking: bool = (
+        True  # the templates' `clear_thinking`: reasoning before the last user turn is dropped
+    )
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,14 @@ class WeightLayout:
     model from, its class, and the state-dict mapping both ways. Functions import torch/transformers lazily."""
 
     name: str
-    loading_config: Callable[[Mapping[str, Any]], Any]  # original config.json -> a config the Auto classes know
+    loading_config: Callable[
+        [Mapping[str, Any]], Any
+    ]  # original config.json -> a config the Auto classes know
     model_class: Callable[[], type]
     to_loaded: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # original names -> model names
-    to_original: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # model names -> original names
+    to_original: Callable[
+        [dict[str, Any], Mapping[str, Any]], dict[str, Any]
+    ]  # model names -> original names
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,9 @@ class TinySpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     tokenizer_config: Mapping[str, Any] = field(default_factory=dict)
     split_pattern: str = ""  # native: the pre-tokenizer regex of the trained tokenizer
-    tokenizer_pieces: int = 0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
+    tokenizer_pieces: int = (
+        0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
+    )
 
 
 @dataclass(frozen=True)
@@ -205,7 +217,7 @@ class Family:
         return any(signature.matches(facts) for signature in self.detection)
 
     def folder_layout(self, facts: FolderFacts) -> str | None:
-        """"native" or "original" for a folder this family recognises, else None."""
+        """ "native" or "original" for a folder this family recognises, else None."""
         return next((s.layout for s in self.detection if s.matches(facts)), None)
 
 
@@ -234,7 +246,9 @@ def role_layout(
         pieces += [Piece(text, train=is_answer, turn=turn) for text in body(message)]
         previous_assistant = turn
     if previous_assistant >= 0:
-        pieces.append(Piece(conversation_end, special=True, train=True, turn=previous_assistant, appended=True))
+        pieces.append(
+            Piece(conversation_end, special=True, train=True, turn=previous_assistant, appended=True)
+        )
     elif add_generation_prompt:
         pieces.append(Piece("<|assistant|>", special=True))
     return pieces
@@ -274,7 +288,9 @@ def metadata_calls(messages: Sequence[Message], arguments_text: Callable[[ToolCa
             continue
         if message.content.strip():
             expanded.append(Message("assistant", message.content))
-        expanded += [Message("assistant", arguments_text(call), metadata=call.name) for call in message.tool_calls]
+        expanded += [
+            Message("assistant", arguments_text(call), metadata=call.name) for call in message.tool_calls
+        ]
     return expanded
 
 

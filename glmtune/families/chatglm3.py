@@ -68,11 +68,17 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
     code = body.strip().removeprefix("```python").removesuffix("```").strip()
     try:
         call = ast.parse(code, mode="eval").body
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "tool_call"):
+        if not (
+            isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "tool_call"
+        ):
             raise ValueError(code)
         arguments = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
     except (SyntaxError, ValueError):
-        return body.strip(), None, []  # ChatGLM3's tools that answer with plain content (e.g. its code interpreter)
+        return (
+            body.strip(),
+            None,
+            [],
+        )  # ChatGLM3's tools that answer with plain content (e.g. its code interpreter)
     return "", None, [ToolCall(metadata.strip(), arguments)]
 
 
@@ -88,7 +94,9 @@ CHATGLM3_CHAT_TEMPLATE = (
 # The control tokens ChatGLM2/3's SentencePiece tokenizer appends after its 64,789 pieces, in id order.
 SP_CONTROL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
-SP_PIECES = 64789  # tokenizer.model's size: the special tokens follow at these ids ([gMASK] 64790, <|user|> 64795)
+SP_PIECES = (
+    64789  # tokenizer.model's size: the special tokens follow at these ids ([gMASK] 64790, <|user|> 64795)
+)
 # tokenization_chatglm.py SPTokenizer: SentencePiece BPE, the control then role tokens appended in this order; the
 # bare words sop/eop match only as whole words ("Aesop" stays text).
 ORIGINAL = OriginalLayout(

@@ -15,9 +15,9 @@ from glmtune.families.base import (
     Piece,
     RenderOptions,
     Signature,
-    ToolCall,
     TinySpec,
     TokenizerSpec,
+    ToolCall,
     metadata_calls,
     refuse_reasoning,
     role_layout,
@@ -53,7 +53,11 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
         arguments = json.loads(body)
     except json.JSONDecodeError:
         return text.strip(), None, []  # a name line without JSON arguments is not a call: keep it as text
-    return "", None, [ToolCall(metadata.strip(), arguments if isinstance(arguments, dict) else {"value": arguments})]
+    return (
+        "",
+        None,
+        [ToolCall(metadata.strip(), arguments if isinstance(arguments, dict) else {"value": arguments})],
+    )
 
 
 _TOOLS_INTRO = (
@@ -73,7 +77,9 @@ def _tools_system(tools: Sequence[Mapping[str, Any]]) -> str:
                 f"tools: glm4 lists function tools ({{'type': 'function', 'function': {{'name': ...}}}}), got {tool!r}"
             )
         body = json.dumps(function, ensure_ascii=False, indent=4)
-        sections.append(f"\n\n## {function['name']}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。")
+        sections.append(
+            f"\n\n## {function['name']}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+        )
     return _TOOLS_INTRO + "".join(sections)
 
 
@@ -135,9 +141,13 @@ _MOE_CONFIG = {
     "first_k_dense_replace": 1,
 }
 TINY = (
-    TinySpec("tiny-glm4", "native", model_type="glm4", split_pattern=SPLIT_PATTERN),  # GLM-4-0414's architecture
+    TinySpec(
+        "tiny-glm4", "native", model_type="glm4", split_pattern=SPLIT_PATTERN
+    ),  # GLM-4-0414's architecture
     TinySpec("tiny-glm", "native", model_type="glm", split_pattern=SPLIT_PATTERN),  # glm-4-9b-chat-hf's
-    TinySpec("tiny-glm4-moe", "native", model_type="glm4_moe", config=_MOE_CONFIG, split_pattern=SPLIT_PATTERN),
+    TinySpec(
+        "tiny-glm4-moe", "native", model_type="glm4_moe", config=_MOE_CONFIG, split_pattern=SPLIT_PATTERN
+    ),
 )
 
 

@@ -49,7 +49,11 @@ FAMILY = Family(
     layout=_layout,
     chat_template="",
     detection=(
-        Signature(model_types=("glm4_moe",), template_markers=("<arg_key>", "/nothink"), template_lacks=("clear_thinking",)),
+        Signature(
+            model_types=("glm4_moe",),
+            template_markers=("<arg_key>", "/nothink"),
+            template_lacks=("clear_thinking",),
+        ),
     ),
     lora_targets={"glm4_moe": MOE_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,

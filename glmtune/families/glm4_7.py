@@ -31,7 +31,16 @@ FORMAT = think_xml.ThinkXmlFormat(
     tools_as_functions=False,
 )
 # GLM-4.7-Flash (glm4_moe_lite) attends with MLA: low-rank query and key/value projections instead of q/k/v_proj.
-MLA_TARGETS = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MLA_TARGETS = (
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+    "kv_b_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:

@@ -58,7 +58,9 @@ def check_config(original: Mapping[str, Any], *, rope_ratio: bool = True) -> tup
     """(attention heads, kv groups, head dim) after checking the config is this layout; `rope_ratio=False` for
     checkpoints whose rope_ratio divided positions (position interpolation) instead of scaling the base."""
     if original.get("model_type") != MODEL_TYPE:
-        raise UsageError(f"config.json: model_type is {original.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        raise UsageError(
+            f"config.json: model_type is {original.get('model_type')!r}, expected {MODEL_TYPE!r}"
+        )
     if "padded_vocab_size" not in original or "kv_channels" not in original:
         raise UsageError(
             "config.json: no padded_vocab_size/kv_channels, so not the ChatGLM2/3 / GLM-4 layout "

@@ -25,12 +25,42 @@ from glmtune.families.base import Message, Piece, RenderOptions, ToolCall
 # The added tokens of every GLM-4.5+ tokenizer, in id order (151329-151364 up to GLM-4.7, 154820-154855 from
 # GLM-4.7-Flash on: the same names in the same order, per the shipped tokenizer_config.json files).
 ADDED_TOKENS = (
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
-    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-    "<|begin_of_audio|>", "<|end_of_audio|>", "<|begin_of_transcription|>", "<|end_of_transcription|>",
-    "<|code_prefix|>", "<|code_middle|>", "<|code_suffix|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
-    "<tool_response>", "</tool_response>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", "/nothink",
-    "<|begin_of_box|>", "<|end_of_box|>", "<|image|>", "<|video|>",
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|begin_of_audio|>",
+    "<|end_of_audio|>",
+    "<|begin_of_transcription|>",
+    "<|end_of_transcription|>",
+    "<|code_prefix|>",
+    "<|code_middle|>",
+    "<|code_suffix|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "/nothink",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+    "<|image|>",
+    "<|video|>",
 )
 # eos ids [151329, 151336, 151338] / [154820, 154827, 154829] of the shipped configs, by name
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
@@ -47,12 +77,16 @@ _TAG_SPLIT = re.compile("(" + "|".join(re.escape(tag) for tag in TAGS) + ")")
 @dataclass(frozen=True)
 class ThinkXmlFormat:
     family: str  # the record's name, for messages
-    role_newline: bool  # GLM-4.5/4.6: "\n" after each role tag and before each think/content/call/result block
+    role_newline: (
+        bool  # GLM-4.5/4.6: "\n" after each role tag and before each think/content/call/result block
+    )
     nothink_suffix: bool  # GLM-4.5/4.6: with thinking off every user turn ends with `/nothink`
     hidden_think: str  # what a turn whose reasoning is not shown renders (after the newline of GLM-4.5)
     prompt_think: tuple[str, str]  # after the generation prompt's <|assistant|>: (thinking on, thinking off)
     raw_reasoning: bool  # GLM-5.x: reasoning is rendered as given (not stripped) and shown even when empty
-    tools_as_functions: bool  # GLM-5.x: tools are listed as bare function objects, without defer_loading/strict
+    tools_as_functions: (
+        bool  # GLM-5.x: tools are listed as bare function objects, without defer_loading/strict
+    )
     effort_system: bool = False  # GLM-5.2/5.3: the prompt opens with `<|system|>Reasoning Effort: Max`
     effort_needs_thinking: bool = True  # GLM-5.2: that system turn only with thinking on; GLM-5.3: always
     empty_recent_reasoning: bool = False  # GLM-5.1: turns without reasoning still show an (empty) think block
@@ -74,7 +108,9 @@ def layout(fmt: ThinkXmlFormat, messages: Sequence[Message], options: RenderOpti
     previous_turn = -1
     for index, message in enumerate(messages):
         role_tag = "observation" if message.role == "observation" else message.role
-        opens_block = not (message.role == "observation" and index and messages[index - 1].role == "observation")
+        opens_block = not (
+            message.role == "observation" and index and messages[index - 1].role == "observation"
+        )
         if opens_block:
             ends = f"<|{role_tag}|>" in ("<|user|>", "<|observation|>") and previous_turn >= 0
             pieces.append(Piece(f"<|{role_tag}|>", special=True, train=ends, turn=previous_turn))
@@ -106,7 +142,12 @@ def _merged(pieces: list[Piece]) -> list[Piece]:
         if not piece.text:
             continue
         last = merged[-1] if merged else None
-        if last and not last.special and not piece.special and (last.train, last.turn) == (piece.train, piece.turn):
+        if (
+            last
+            and not last.special
+            and not piece.special
+            and (last.train, last.turn) == (piece.train, piece.turn)
+        ):
             merged[-1] = Piece(last.text + piece.text, train=last.train, turn=last.turn)
         else:
             merged.append(piece)
@@ -120,7 +161,9 @@ def _check_options(fmt: ThinkXmlFormat, options: RenderOptions) -> None:
             'set data.thinking = "template" or "off"'
         )
     if not options.enable_thinking and not fmt.has_thinking_switch:
-        raise UsageError(f'{fmt.family}: its template always thinks (no enable_thinking); set data.thinking = "template"')
+        raise UsageError(
+            f'{fmt.family}: its template always thinks (no enable_thinking); set data.thinking = "template"'
+        )
 
 
 def _user(fmt: ThinkXmlFormat, content: str, options: RenderOptions) -> list[Piece]:
@@ -138,9 +181,12 @@ def _assistant(
     message = messages[index]
     reasoning, content = split_reasoning(fmt, message)
     recent = index > last_user
-    if reasoning is None and fmt.empty_recent_reasoning:
-        if (recent and options.enable_thinking) or (index < last_user and _round_has_reasoning(messages, index)):
-            reasoning = ""
+    if (
+        reasoning is None
+        and fmt.empty_recent_reasoning
+        and _implies_empty_reasoning(messages, index, last_user, options)
+    ):
+        reasoning = ""
     shown = (not options.clear_thinking or recent) and (
         reasoning is not None if fmt.raw_reasoning else bool(reasoning)
     )
@@ -148,7 +194,9 @@ def _assistant(
     pieces: list[Piece] = []
     if shown and reasoning:
         text = reasoning if fmt.raw_reasoning else reasoning.strip()
-        opens_reply = fmt.prompt_think[0] == "<think>"  # the generation prompt writes <think>, the model does not
+        opens_reply = (
+            fmt.prompt_think[0] == "<think>"
+        )  # the generation prompt writes <think>, the model does not
         pieces += [Piece(nl, train=True), Piece("<think>", special=True, train=not opens_reply),
                    Piece(text, train=True), Piece("</think>", special=True, train=True)]  # fmt: skip
     else:
@@ -174,6 +222,16 @@ def split_reasoning(fmt: ThinkXmlFormat, message: Message) -> tuple[str | None, 
     return head.rstrip("\n").split("<think>")[-1].lstrip("\n"), tail.lstrip("\n")
 
 
+def _implies_empty_reasoning(
+    messages: Sequence[Message], index: int, last_user: int, options: RenderOptions
+) -> bool:
+    """GLM-5.1: a turn without reasoning still has an (empty) one after the last user turn with thinking on, and
+    before it when its user round holds a turn with a `reasoning_content` field."""
+    if index > last_user:
+        return options.enable_thinking
+    return index < last_user and _round_has_reasoning(messages, index)
+
+
 def _round_has_reasoning(messages: Sequence[Message], index: int) -> bool:
     """GLM-5.1: does the user round of message `index` hold an assistant turn with a `reasoning_content` field?"""
     start = max((i for i in range(index) if messages[i].role == "user"), default=-1)
@@ -186,7 +244,8 @@ def _round_has_reasoning(messages: Sequence[Message], index: int) -> bool:
 def call_text(fmt: ThinkXmlFormat, call: ToolCall) -> str:
     nl = "\n" if fmt.role_newline else ""
     args = "".join(
-        f"<arg_key>{key}</arg_key>{nl}<arg_value>{_value(value)}</arg_value>{nl}" for key, value in call.arguments.items()
+        f"<arg_key>{key}</arg_key>{nl}<arg_value>{_value(value)}</arg_value>{nl}"
+        for key, value in call.arguments.items()
     )
     return f"{nl}<tool_call>{call.name}{nl}{args}</tool_call>"
 
@@ -197,7 +256,9 @@ def _value(value: Any) -> str:
 
 def _tools_text(fmt: ThinkXmlFormat, tools: Sequence[Mapping[str, Any]]) -> str:
     if fmt.tools_as_functions:
-        listed = [_function_json(t) for t in (t.get("function", t) for t in tools) if not t.get("defer_loading")]
+        listed = [
+            _function_json(t) for t in (t.get("function", t) for t in tools) if not t.get("defer_loading")
+        ]
     else:
         listed = [json.dumps(tool, ensure_ascii=False) for tool in tools]
     example = (
@@ -214,7 +275,11 @@ def _tools_text(fmt: ThinkXmlFormat, tools: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _function_json(function: Mapping[str, Any]) -> str:
-    fields = (f'"{k}": {json.dumps(v, ensure_ascii=False)}' for k, v in function.items() if k not in ("defer_loading", "strict"))
+    fields = (
+        f'"{k}": {json.dumps(v, ensure_ascii=False)}'
+        for k, v in function.items()
+        if k not in ("defer_loading", "strict")
+    )
     return "{" + ", ".join(fields) + "}"
 
 
@@ -242,7 +307,9 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
 
 def _parse_call(body: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall:
     name = body.split("<arg_key>")[0].strip()
-    schema = next((t.get("function", t) for t in tools if t.get("function", t).get("name") == name), {})
+    schema: Mapping[str, Any] = next(
+        (t.get("function", t) for t in tools if t.get("function", t).get("name") == name), {}
+    )
     properties = schema.get("parameters", {}).get("properties", {})
     arguments: dict[str, Any] = {}
     for key, raw in _ARG.findall(body):
