@@ -96,3 +96,10 @@ def original_layout_types() -> frozenset[str]:
 def tiny_specs() -> dict[str, tuple[Family, TinySpec]]:
     """Every builtin tiny checkpoint by name, with its family."""
     return {spec.name: (family, spec) for family in REGISTRY.values() for spec in family.tiny}
+
+
+def register_architectures() -> None:
+    """Make every family's own architectures known to the Auto classes (safe to call again)."""
+    for family in REGISTRY.values():
+        if family.register_architectures is not None:
+            family.register_architectures()

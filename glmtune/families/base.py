@@ -148,6 +148,7 @@ class TokenizerSpec:
     replacements: tuple[tuple[str, str], ...] = ()  # sentencepiece_unigram: applied to text first, in order
     id_offset_key: str = ""  # sentencepiece_unigram: tokenizer_config.json key of the id offset
     id_offset_default: int = 0  # ... when the key is absent
+    id_offset_piece: str = "<offset_{}>"  # sentencepiece_unigram: the names of the offset ids' pieces
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,9 @@ class Family:
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
     parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
+    register_architectures: Callable[[], None] | None = (
+        None  # make glmtune's own classes known to the Auto classes
+    )
 
     def recognises(self, facts: FolderFacts) -> bool:
         return any(signature.matches(facts) for signature in self.detection)

@@ -84,14 +84,21 @@ TOKENIZER = TokenizerSpec(
     ),
     id_offset_key="num_image_tokens",
     id_offset_default=20000,
+    id_offset_piece="<image_{}>",
 )
 
 
 def _port_config(original: Mapping[str, Any]) -> Any:
+    from glmtune.families.modeling_chatglm6b import ChatGLM6BConfig
+
+    _register_port()
+    return ChatGLM6BConfig.from_original(dict(original))
+
+
+def _register_port() -> None:
     from glmtune.families import modeling_chatglm6b
 
     modeling_chatglm6b.register()
-    return modeling_chatglm6b.ChatGLM6BConfig.from_original(dict(original))
 
 
 def _port_class() -> type:
@@ -142,5 +149,6 @@ FAMILY = Family(
         "are prompt text, so mask_history changes nothing"
     ),
     original=OriginalLayout(tokenizer=TOKENIZER, weights=PORT_WEIGHTS),
+    register_architectures=_register_port,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )

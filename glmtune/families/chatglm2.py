@@ -73,7 +73,8 @@ TINY = (
     TinySpec(
         "tiny-chatglm2",
         "original",
-        config={**glm_original_layout.OFFICIAL_CONFIG, "seq_length": 32768},
+        config={**glm_original_layout.OFFICIAL_CONFIG, **glm_original_layout.TINY_SIZES, "seq_length": 32768},
+        tokenizer_config={"tokenizer_class": "ChatGLMTokenizer", "remove_space": False},
         tokenizer_pieces=SP_PIECES,
     ),
 )

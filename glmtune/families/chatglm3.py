@@ -127,8 +127,14 @@ TINY = (
     TinySpec(
         "tiny-chatglm3",
         "original",
-        config={**glm_original_layout.OFFICIAL_CONFIG, "seq_length": 8192},
-        tokenizer_config={"chat_template": CHATGLM3_CHAT_TEMPLATE, "eos_token": "</s>", "pad_token": "<unk>"},
+        config={**glm_original_layout.OFFICIAL_CONFIG, **glm_original_layout.TINY_SIZES, "seq_length": 8192},
+        tokenizer_config={
+            "tokenizer_class": "ChatGLMTokenizer",
+            "remove_space": False,
+            "chat_template": CHATGLM3_CHAT_TEMPLATE,
+            "eos_token": "</s>",
+            "pad_token": "<unk>",
+        },
         tokenizer_pieces=SP_PIECES,
     ),
 )

@@ -249,3 +249,13 @@ OFFICIAL_CONFIG: dict[str, Any] = {
     "eos_token_id": 2,
     "pad_token_id": 0,
 }
+# The sizes of glmtune's builtin tiny checkpoints in this layout: 2 layers, width 64.
+TINY_SIZES = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "multi_query_group_num": 2,
+    "kv_channels": 16,
+    "ffn_hidden_size": 128,
+    "torch_dtype": "float32",
+}
