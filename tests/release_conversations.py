@@ -95,9 +95,10 @@ def tiny_xml_tokenizer():
     from tokenizers import AddedToken
 
     from glmtune.checkpoints.tiny import train_tiny_tokenizer
+    from glmtune.families import GLM4
     from glmtune.families.think_xml import ADDED_TOKENS
 
-    tokenizer = train_tiny_tokenizer()
+    tokenizer = train_tiny_tokenizer(GLM4, GLM4.tiny[0])
     missing = [
         t for t in ADDED_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
     ]

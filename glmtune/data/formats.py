@@ -291,22 +291,20 @@ def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[
         role = roles.get(turn[speaker])
         if role is None:
             raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
-        messages.append(
-            _message(turn, role, turn[speaker], turn.get(text), origin, f"{fmt}[{len(messages)}]")
-        )
+        messages.append(_message(turn, role, keys, origin, f"{fmt}[{len(messages)}]"))
     return messages
 
 
-def _message(
-    turn: Mapping[str, Any], role: str, speaker: str, value: Any, origin: str, where: str
-) -> Message:
+def _message(turn: Mapping[str, Any], role: str, keys: tuple[str, str], origin: str, where: str) -> Message:
     """One turn; a sharegpt `function_call` turn's value is the call, an OpenAI turn's calls are `tool_calls`."""
+    speaker, text_key = keys
+    value = turn.get(text_key)
     calls: tuple[ToolCall, ...] = ()
-    if speaker == "function_call":
+    if turn[speaker] == "function_call":
         calls, value = tool_calls(value, origin, f"{where}.value"), ""
     elif turn.get("tool_calls"):
         calls = tool_calls(turn["tool_calls"], origin, f"{where}.tool_calls")
-    content = "" if value is None and calls else _text(value, origin, f"{where} content")
+    content = "" if value is None and calls else _text(value, origin, f"{where}.{text_key}")
     reasoning = turn.get("reasoning_content")
     if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
         raise UsageError(f"{origin}: {where}.reasoning_content must be a string on an assistant turn")
