@@ -76,56 +76,43 @@ _TAG_SPLIT = re.compile("(" + "|".join(re.escape(tag) for tag in TAGS) + ")")
 
 @dataclass(frozen=True)
 class ThinkXmlFormat:
+    """The facts in which the GLM-4.5+ templates differ (comments name the templates that set them)."""
+
     family: str  # the record's name, for messages
-    role_newline: (
-        bool  # GLM-4.5/4.6: "\n" after each role tag and before each think/content/call/result block
-    )
-    nothink_suffix: bool  # GLM-4.5/4.6: with thinking off every user turn ends with `/nothink`
-    hidden_think: str  # what a turn whose reasoning is not shown renders (after the newline of GLM-4.5)
+    role_newline: bool  # 4.5/4.6: "\n" after each role tag and before each think/content/call/result block
+    nothink_suffix: bool  # 4.5/4.6: with thinking off every user turn ends with `/nothink`
+    hidden_think: str  # what a turn whose reasoning is not shown renders (after 4.5's newline)
     prompt_think: tuple[str, str]  # after the generation prompt's <|assistant|>: (thinking on, thinking off)
-    raw_reasoning: bool  # GLM-5.x: reasoning is rendered as given (not stripped) and shown even when empty
-    tools_as_functions: (
-        bool  # GLM-5.x: tools are listed as bare function objects, without defer_loading/strict
-    )
-    effort_system: bool = False  # GLM-5.2/5.3: the prompt opens with `<|system|>Reasoning Effort: Max`
-    effort_needs_thinking: bool = True  # GLM-5.2: that system turn only with thinking on; GLM-5.3: always
-    empty_recent_reasoning: bool = False  # GLM-5.1: turns without reasoning still show an (empty) think block
-    has_clear_thinking: bool = True  # the template reads `clear_thinking` (GLM-4.7 and later)
-    has_thinking_switch: bool = True  # the template reads `enable_thinking` (all but GLM-5.3-Flash)
+    raw_reasoning: bool  # 5.x: reasoning rendered as given (not stripped), shown even when empty
+    tools_as_functions: bool  # 5.x: tools listed as bare function objects, without defer_loading/strict
+    effort_system: bool = False  # 5.2/5.3: the prompt opens with `<|system|>Reasoning Effort: Max`
+    effort_needs_thinking: bool = True  # 5.2: that system turn only with thinking on; 5.3: always
+    empty_recent_reasoning: bool = False  # 5.1: turns without reasoning may still show an empty think block
+    has_clear_thinking: bool = True  # the template reads `clear_thinking` (4.7 and later)
+    has_thinking_switch: bool = True  # the template reads `enable_thinking` (all but 5.3-Flash)
 
 
 def layout(fmt: ThinkXmlFormat, messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     """Pieces of a conversation exactly as the format's official template renders it as text."""
     _check_options(fmt, options)
+    messages = [_with_tool_calls(fmt, index, message) for index, message in enumerate(messages)]
     pieces = [Piece("[gMASK]", special=True), Piece("<sop>", special=True)]
     if fmt.effort_system and (options.enable_thinking or not fmt.effort_needs_thinking):
         pieces += [Piece("<|system|>", special=True), Piece("Reasoning Effort: Max")]
     if options.tools:
         pieces += [Piece("<|system|>", special=True), *_tagged(_tools_text(fmt, options.tools))]
-    users = [i for i, m in enumerate(messages) if m.role == "user"]
-    last_user = users[-1] if users else -1
-    nl = "\n" if fmt.role_newline else ""
-    previous_turn = -1
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    previous_turn = -1  # the assistant message whose turn the next role tag ends, if any
     for index, message in enumerate(messages):
-        role_tag = "observation" if message.role == "observation" else message.role
-        opens_block = not (
-            message.role == "observation" and index and messages[index - 1].role == "observation"
-        )
-        if opens_block:
-            ends = f"<|{role_tag}|>" in ("<|user|>", "<|observation|>") and previous_turn >= 0
-            pieces.append(Piece(f"<|{role_tag}|>", special=True, train=ends, turn=previous_turn))
+        follows_result = message.role == "observation" and index and messages[index - 1].role == "observation"
+        if not follows_result:  # consecutive results share one <|observation|>
+            ends = message.role in ("user", "observation") and previous_turn >= 0
+            pieces.append(Piece(f"<|{message.role}|>", special=True, train=ends, turn=previous_turn))
         if message.role == "assistant":
             pieces += _assistant(fmt, messages, index, last_user, options)
-            previous_turn = index
-            continue
-        previous_turn = -1
-        if message.role == "observation":
-            pieces += [Piece(nl), Piece("<tool_response>", special=True), Piece(f"{nl}{message.content}{nl}"),
-                       Piece("</tool_response>", special=True)]  # fmt: skip
-        elif message.role == "user":
-            pieces += _user(fmt, message.content, options)
         else:
-            pieces.append(Piece(nl + message.content))
+            pieces += _other(fmt, message, options)
+        previous_turn = index if message.role == "assistant" else -1
     if previous_turn >= 0:
         end = "<|observation|>" if messages[previous_turn].tool_calls else "<|user|>"
         pieces.append(Piece(end, special=True, train=True, turn=previous_turn, appended=True))
@@ -133,6 +120,34 @@ def layout(fmt: ThinkXmlFormat, messages: Sequence[Message], options: RenderOpti
         think = fmt.prompt_think[0 if options.enable_thinking else 1]
         pieces += [Piece("<|assistant|>", special=True), *_tagged(think)]
     return _merged(pieces)
+
+
+def _with_tool_calls(fmt: ThinkXmlFormat, index: int, message: Message) -> Message:
+    """A GLM-4-style call (metadata = function name, content = JSON arguments) as the `tool_calls` it means."""
+    if not message.metadata or message.tool_calls:
+        return message
+    try:
+        arguments = json.loads(message.content)
+    except json.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise UsageError(
+            f"{fmt.family}: message {index + 1} has metadata {message.metadata!r} (a GLM-4-style call) but its "
+            "content is not a JSON object of arguments; write the call as tool_calls"
+        )
+    return Message(message.role, "", reasoning_content=message.reasoning_content,
+                   tool_calls=(ToolCall(message.metadata, arguments),))  # fmt: skip
+
+
+def _other(fmt: ThinkXmlFormat, message: Message, options: RenderOptions) -> list[Piece]:
+    """A system, user or tool-result message after its role tag."""
+    nl = "\n" if fmt.role_newline else ""
+    if message.role == "observation":
+        return [Piece(nl), Piece("<tool_response>", special=True), Piece(f"{nl}{message.content}{nl}"),
+                Piece("</tool_response>", special=True)]  # fmt: skip
+    if message.role == "user":
+        return _user(fmt, message.content, options)
+    return [Piece(nl + message.content)]
 
 
 def _merged(pieces: list[Piece]) -> list[Piece]:
