@@ -55,7 +55,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     stop_tokens=think_xml.STOP_TOKENS,
     layout=_layout,
-    chat_template="",
+    chat_template=think_xml.chat_template(FORMAT),
     detection=(
         Signature(
             model_types=("glm4_moe", "glm4_moe_lite"),
