@@ -24,6 +24,7 @@ from glmtune.checkpoints.tiny import builtin_path
 from glmtune.data.render import render_conversation, special_token_id
 from glmtune.errors import UsageError
 from glmtune.families import REGISTRY, FolderFacts, Message, candidates, detect_family, tiny_specs
+from glmtune.families.base import RenderOptions
 from glmtune.inference.generation import stop_token_ids
 
 TINY = sorted(tiny_specs())
@@ -64,7 +65,7 @@ def tiny(name: str):
 def fits(family, messages) -> bool:
     """Conversations the family's format can hold (ChatGLM2 and v1 have no tool calls)."""
     try:
-        family.layout(messages, True)
+        family.layout(messages, RenderOptions(add_generation_prompt=True))
     except UsageError:
         return False
     return True
@@ -137,8 +138,10 @@ def test_detection_round_trips_the_tiny_folder(name):
 def test_every_family_is_under_contract():
     covered = {family.name for family, _ in tiny_specs().values()}
     # ChatGLM-6B v1 has no builtin tiny model: its contract runs on the official tokenizer in
-    # test_chatglm6b_family.py (skipped without ../shared)
-    assert covered == set(REGISTRY) - {"chatglm"}
+    # test_chatglm6b_family.py (skipped without ../shared). The GLM-4.5+ records get theirs with the MoE work of
+    # issue 8; until then their contract runs against the official templates in test_releases.py and on a tiny
+    # tokenizer with their tokens in test_tools_thinking.py.
+    assert covered == set(REGISTRY) - {"chatglm", "glm4_5", "glm4_7", "glm5", "glm5_2", "glm5_3"}
 
 
 def copy_folder(name: str, target, **config_changes):

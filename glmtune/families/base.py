@@ -11,15 +11,41 @@ from typing import Any
 
 from glmtune.errors import UsageError
 
-ROLES = ("system", "user", "assistant", "observation")
+ROLES = ("system", "user", "assistant", "observation")  # observation: a tool result (OpenAI's "tool" role)
 FAMILY_KEY = "glmtune_family"  # written into config.json by `glmtune convert` and `glmtune export`
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call of an assistant turn (OpenAI's `tool_calls[i].function`)."""
+
+    name: str
+    arguments: Mapping[str, Any]  # a JSON object: argument name -> value
 
 
 @dataclass(frozen=True)
 class Message:
     role: str  # one of ROLES
     content: str
-    metadata: str = ""  # GLM tool-call line: the function name of an assistant call
+    metadata: str = (
+        ""  # GLM-4/ChatGLM3 tool-call line: the function name of an assistant call (content: arguments)
+    )
+    reasoning_content: str | None = (
+        None  # the assistant's reasoning; None: not given (content may hold <think>…)
+    )
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What a layout renders besides the messages; the thinking switches are the official templates' own."""
+
+    add_generation_prompt: bool = False
+    tools: tuple[Mapping[str, Any], ...] = ()  # the conversation's function list (OpenAI `tools` entries)
+    enable_thinking: bool = True  # the templates' `enable_thinking`
+    clear_thinking: bool = (
+        True  # the templates' `clear_thinking`: reasoning before the last user turn is dropped
+    )
 
 
 @dataclass(frozen=True)
@@ -33,9 +59,12 @@ class Piece:
     special: bool = False
     train: bool = False
     turn: int = -1  # index of the assistant message this trained piece belongs to (for mask_history)
+    appended: bool = False  # not in the template's text: the token that ends the conversation's last turn
 
 
-Layout = Callable[[Sequence[Message], bool], list[Piece]]
+Layout = Callable[[Sequence[Message], RenderOptions], list[Piece]]
+# (reply text after `<|assistant|>`, the conversation's tools) -> (content, reasoning_content or None, tool_calls)
+ReplyParser = Callable[[str, Sequence[Mapping[str, Any]]], tuple[str, "str | None", list[ToolCall]]]
 
 
 @dataclass(frozen=True)
@@ -175,7 +204,7 @@ class Family:
     eos_token: str
     pad_token: str
     stop_tokens: tuple[str, ...]  # generation stops on any of these; written into generation_config.json
-    layout: Layout  # (messages, add_generation_prompt) -> pieces
+    layout: Layout  # (messages, options) -> pieces
     chat_template: str  # Jinja equivalent of `layout`, for tokenizers that ship without one
     detection: tuple[Signature, ...] = ()  # the folders this family recognises (any signature)
     lora_targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # by model_type
@@ -184,6 +213,7 @@ class Family:
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
     cannot_pack: str = ""  # why samples cannot share a training row (train.packing); empty: they can
+    parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
     register_architectures: Callable[[], None] | None = (
         None  # make glmtune's own classes known to the Auto classes
     )
@@ -198,15 +228,20 @@ class Family:
 
 def role_layout(
     messages: Sequence[Message],
-    add_generation_prompt: bool,
+    options: RenderOptions,
     *,
     prefix: tuple[str, str],
     body: Callable[[Message], list[str]],
     conversation_end: str,
+    tools_system: str = "",
 ) -> list[Piece]:
-    """`prefix` tokens, then per message `<|role|>` and its body texts. An assistant turn is trained with the token
-    that ends it: the next role token, or `conversation_end` after the last message."""
+    """`prefix` tokens, `tools_system` (a system turn listing the tools) when given, then per message `<|role|>` and
+    its body texts. An assistant turn is trained with the token that ends it: the next role token, or
+    `conversation_end` after the last message."""
     pieces = [Piece(prefix[0], special=True), Piece(prefix[1], special=True)]
+    if tools_system:
+        pieces += [Piece("<|system|>", special=True), Piece(tools_system)]
+    add_generation_prompt = options.add_generation_prompt
     previous_assistant = -1
     for index, message in enumerate(messages):
         ends_turn = previous_assistant >= 0
@@ -216,16 +251,20 @@ def role_layout(
         pieces += [Piece(text, train=is_answer, turn=turn) for text in body(message)]
         previous_assistant = turn
     if previous_assistant >= 0:
-        pieces.append(Piece(conversation_end, special=True, train=True, turn=previous_assistant))
+        pieces.append(
+            Piece(conversation_end, special=True, train=True, turn=previous_assistant, appended=True)
+        )
     elif add_generation_prompt:
         pieces.append(Piece("<|assistant|>", special=True))
     return pieces
 
 
 def question_answer_rounds(
-    messages: Sequence[Message], model: str
+    messages: Sequence[Message], model: str, options: RenderOptions
 ) -> tuple[str | None, list[tuple[str, str | None]]]:
     """(system text or None, [(question, answer or None)]) of a conversation in ChatGLM(2)'s round format."""
+    refuse_tools(messages, options, model)
+    refuse_reasoning(messages, model)
     system = None
     rounds: list[tuple[str, str | None]] = []
     for index, message in enumerate(messages):
@@ -242,6 +281,45 @@ def question_answer_rounds(
                 f"({model} has no tool calls or observations)"
             )
     return system, rounds
+
+
+def metadata_calls(messages: Sequence[Message], arguments_text: Callable[[ToolCall], str]) -> list[Message]:
+    """GLM-4/ChatGLM3's call format: an assistant message with `tool_calls` becomes one assistant message per call,
+    its metadata line the function name and its content `arguments_text(call)` (after the message's own text)."""
+    expanded: list[Message] = []
+    for message in messages:
+        if not message.tool_calls:
+            expanded.append(message)
+            continue
+        if message.content.strip():
+            expanded.append(Message("assistant", message.content))
+        expanded += [
+            Message("assistant", arguments_text(call), metadata=call.name) for call in message.tool_calls
+        ]
+    return expanded
+
+
+def refuse_reasoning(messages: Sequence[Message], family: str) -> None:
+    """Families without a reasoning format refuse `reasoning_content` rather than drop it."""
+    for index, message in enumerate(messages):
+        if message.reasoning_content is not None:
+            raise UsageError(
+                f"{family} has no reasoning format, but message {index + 1} carries reasoning_content; remove it "
+                "(or write it into the content) or set model.family to a thinking family (glm4_5 and later)"
+            )
+
+
+def refuse_tools(messages: Sequence[Message], options: RenderOptions, family: str) -> None:
+    """Families without a tool format refuse tool definitions, calls and results by name rather than drop them."""
+    found = "a tools list" if options.tools else ""
+    for index, message in enumerate(messages):
+        if message.tool_calls or message.metadata or message.role == "observation":
+            found = found or f"message {index + 1} ({message.role}, a tool call or result)"
+    if found:
+        raise UsageError(
+            f"{family} has no tool calls (no tool format), but the conversation carries {found}; remove the tool data or set "
+            "model.family to a family with tool calls (chatglm3, glm4, glm4_5 and later)"
+        )
 
 
 def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from glmtune.families.base import (
     Message,
     OriginalLayout,
     Piece,
+    RenderOptions,
     Signature,
     TokenizerSpec,
     WeightLayout,
@@ -17,7 +18,7 @@ from glmtune.families.base import (
 )
 
 
-def _chatglm_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _chatglm_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # ChatGLM-6B v1 (modeling_chatglm.py `chat` / `stream_chat`): the prompt is the query alone when there is no
     # history, else "[Round i]\n问：{q}\n答：{a}\n" per past round (i from 0) then "[Round n]\n问：{q}\n答：", ONE
     # text; tokenization_chatglm.py `build_inputs_with_special_tokens` appends `[gMASK]<sop>` AFTER it (v1 puts the
@@ -27,7 +28,7 @@ def _chatglm_layout(messages: Sequence[Message], add_generation_prompt: bool) ->
     # itself is a target (predicted at the `[gMASK]` position), then the answer and `<eop>`. Only that last answer
     # is trained; past answers are prompt text. v1 has no system prompt; glmtune puts it in front of the prompt
     # followed by v1's line break "\n" (ptuning prepends its `source_prefix` to the prompt the same way).
-    system, rounds = question_answer_rounds(messages, "ChatGLM-6B")
+    system, rounds = question_answer_rounds(messages, "ChatGLM-6B", options)
     history, query = rounds[:-1], rounds[-1][0] if rounds else ""
     prompt = f"{system}\n" if system is not None else ""
     if history:

@@ -11,6 +11,7 @@ from glmtune.families.base import (
     Message,
     OriginalLayout,
     Piece,
+    RenderOptions,
     Signature,
     TinySpec,
     question_answer_rounds,
@@ -19,14 +20,14 @@ from glmtune.families.chatglm3 import ORIGINAL as CHATGLM3_ORIGINAL
 from glmtune.families.chatglm3 import SP_CONTROL_TOKENS, SP_PIECES
 
 
-def _chatglm2_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _chatglm2_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # ChatGLM2 (tokenization_chatglm.py `build_prompt`, ptuning/main.py `preprocess_function_train`): `[gMASK]sop`,
     # then ONE text "[Round i]\n\n问：{q}\n\n答：{a}\n\n" per past round (i from 1) and "[Round n]\n\n问：{q}\n\n答："
     # for the last; the answer is encoded separately and followed by `</s>`. Only that last answer is trained: past
     # answers are part of the prompt text, tokenized jointly with it. ChatGLM2 has no system prompt; glmtune puts it
     # in front of the rounds followed by a blank line (ptuning's `source_prefix` is prepended the same way).
     # A prompt ending in a question always ends with "答：", which is its generation prompt.
-    system, rounds = question_answer_rounds(messages, "ChatGLM2")
+    system, rounds = question_answer_rounds(messages, "ChatGLM2", options)
     prompt = f"{system}\n\n" if system is not None else ""
     for number, (question, answer) in enumerate(rounds, 1):
         prompt += f"[Round {number}]\n\n问：{question}\n\n答："

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ast
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from glmtune.families import glm_original_layout
 from glmtune.families.base import (
@@ -10,26 +13,73 @@ from glmtune.families.base import (
     Message,
     OriginalLayout,
     Piece,
+    RenderOptions,
     Signature,
     TinySpec,
     TokenizerSpec,
+    ToolCall,
+    metadata_calls,
+    refuse_reasoning,
     role_layout,
 )
 
 
-def _chatglm3_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _chatglm3_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # ChatGLM3 (tokenization_chatglm.py `build_single_message`): `[gMASK]sop`, then per message the role token,
     # `encode(f"{metadata}\n")` and `encode(content)`: two SentencePiece calls, so each text gets its own dummy
     # prefix "▁" (the chat template's "\n " reproduces that). finetune_demo/finetune_hf.py marks whole assistant
     # messages, appends `</s>` and shifts the mask by one: trained are the metadata line, the content and the
     # token after the message (the next role token, or `</s>` at the end).
+    # Tools: `build_chat_input` appends `json.dumps(tools, indent=4, ensure_ascii=False)` to the system message after
+    # a newline (one is added when the conversation has none), the tools as ChatGLM3's demos write them: bare
+    # function objects (name, description, parameters); a call's content is the code block that
+    # `process_response` evaluates: ```python\ntool_call(key=value, ...)\n```.
+    refuse_reasoning(messages, "chatglm3")
+    messages = metadata_calls(_with_tools(messages, options.tools), _tool_call_code)
     return role_layout(
         messages,
-        add_generation_prompt,
+        options,
         prefix=("[gMASK]", "sop"),
         body=lambda m: [f"{m.metadata}\n", m.content],
         conversation_end="</s>",
     )
+
+
+def _with_tools(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> list[Message]:
+    if not tools:
+        return list(messages)
+    listing = json.dumps([tool.get("function", tool) for tool in tools], indent=4, ensure_ascii=False)
+    if messages and messages[0].role == "system":
+        return [Message("system", f"{messages[0].content}\n{listing}"), *messages[1:]]
+    return [Message("system", f"\n{listing}"), *messages]
+
+
+def _tool_call_code(call: ToolCall) -> str:
+    arguments = ", ".join(f"{key}={value!r}" for key, value in call.arguments.items())
+    return f"```python\ntool_call({arguments})\n```"
+
+
+def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str, str | None, list[ToolCall]]:
+    """ChatGLM3's reply: `{name}\n` and a ```python tool_call(key=value, ...)``` block for a call, else
+    `\n{content}`; the call is read with `ast` (literal values only), never evaluated."""
+    metadata, _, body = text.partition("\n")
+    if not metadata.strip():
+        return body.strip(), None, []
+    code = body.strip().removeprefix("```python").removesuffix("```").strip()
+    try:
+        call = ast.parse(code, mode="eval").body
+        if not (
+            isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "tool_call"
+        ):
+            raise ValueError(code)
+        arguments = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+    except (SyntaxError, ValueError):
+        return (
+            body.strip(),
+            None,
+            [],
+        )  # ChatGLM3's tools that answer with plain content (e.g. its code interpreter)
+    return "", None, [ToolCall(metadata.strip(), arguments)]
 
 
 CHATGLM3_CHAT_TEMPLATE = (
@@ -109,5 +159,6 @@ FAMILY = Family(
     ),
     original=ORIGINAL,
     tiny=TINY,
+    parse_reply=parse_reply,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )

@@ -2,35 +2,85 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from glmtune.errors import UsageError
 from glmtune.families import glm_original_layout
 from glmtune.families.base import (
     Family,
     Message,
     OriginalLayout,
     Piece,
+    RenderOptions,
     Signature,
     TinySpec,
     TokenizerSpec,
+    ToolCall,
+    metadata_calls,
+    refuse_reasoning,
     role_layout,
 )
 from glmtune.families.glm_original_layout import NATIVE_GLM_TARGETS
 
 
-def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _glm4_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # GLM-4 renders `[gMASK]<sop>` then `<|role|>{metadata}\n{content}` per message, the metadata line and content as
     # one text (the official chat template; GLM-4's finetune.py tokenizes through it). The model generates
     # everything after `<|assistant|>` including the newline, and ends its turn by emitting the next role token
     # (`<|user|>`, or `<|observation|>` after a tool call): finetune.py appends `<|user|>` and shifts the mask by
     # one, so the token after each assistant message is supervised.
+    # A call is `<|assistant|>{name}\n{arguments as JSON}` and the tools open the conversation as glm-4-9b-chat's
+    # template renders a message's `tools` (its system text, then per function a `## name` section).
+    refuse_reasoning(messages, "glm4")
     return role_layout(
-        messages,
-        add_generation_prompt,
+        metadata_calls(messages, lambda call: json.dumps(call.arguments, ensure_ascii=False)),
+        options,
         prefix=("[gMASK]", "<sop>"),
         body=lambda m: [f"{m.metadata}\n{m.content}"],
         conversation_end="<|user|>",
+        tools_system=_tools_system(options.tools),
     )
+
+
+def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str, str | None, list[ToolCall]]:
+    """GLM-4's reply: `{name}\n{arguments as JSON}` for a call (a metadata line), else `\n{content}`."""
+    metadata, _, body = text.partition("\n")
+    if not metadata.strip():
+        return body.strip(), None, []
+    try:
+        arguments = json.loads(body)
+    except json.JSONDecodeError:
+        return text.strip(), None, []  # a name line without JSON arguments is not a call: keep it as text
+    return (
+        "",
+        None,
+        [ToolCall(metadata.strip(), arguments if isinstance(arguments, dict) else {"value": arguments})],
+    )
+
+
+_TOOLS_INTRO = (
+    "\n你是一个名为 GLM-4 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
+)
+
+
+def _tools_system(tools: Sequence[Mapping[str, Any]]) -> str:
+    if not tools:
+        return ""
+    sections = []
+    for tool in tools:
+        function = tool.get("function") if tool.get("type") == "function" else None
+        if not isinstance(function, Mapping) or "name" not in function:
+            raise UsageError(
+                f"tools: glm4 lists function tools ({{'type': 'function', 'function': {{'name': ...}}}}), got {tool!r}"
+            )
+        body = json.dumps(function, ensure_ascii=False, indent=4)
+        sections.append(
+            f"\n\n## {function['name']}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+        )
+    return _TOOLS_INTRO + "".join(sections)
 
 
 GLM4_CHAT_TEMPLATE = (
@@ -70,7 +120,12 @@ ORIGINAL = OriginalLayout(
 # Native GLM-4 folders ship GLM-4's template ("[gMASK]<sop>" then role tokens); an original glm-4-9b-chat folder is
 # told by its vocabulary size.
 DETECTION = (
-    Signature(model_types=("glm", "glm4", "glm4_moe"), template_markers=("[gMASK]<sop>", "<|assistant|>")),
+    # (glm4_moe only with GLM-4's own template, as glmtune's tiny MoE ships; GLM-4.5's XML template is glm4_5's)
+    Signature(
+        model_types=("glm", "glm4", "glm4_moe"),
+        template_markers=("[gMASK]<sop>", "<|assistant|>"),
+        template_lacks=("<arg_key>",),
+    ),
     Signature(
         model_types=(glm_original_layout.MODEL_TYPE,),
         layout="original",
@@ -98,7 +153,7 @@ TINY = (
 
 FAMILY = Family(
     name="glm4",
-    title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
+    title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-Z1, glmtune's builtin tiny models)",
     special_tokens=SPECIAL_TOKENS,
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
@@ -110,4 +165,5 @@ FAMILY = Family(
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
     original=ORIGINAL,
     tiny=TINY,
+    parse_reply=parse_reply,
 )
