@@ -144,26 +144,3 @@ def stats_rows(stats: dict[str, dict[str, float]]) -> tuple[list[str], list[list
     names = list(stats)
     keys = list(next(iter(stats.values())))
     return ["", *names], [[key, *(stats[name][key] for name in names)] for key in keys]
-
-
-def prepare_run(recipe, show: int = 0) -> Prepared:
-    """`glmtune prepare`: tokenize into the run's data folder, print stats and optionally N rendered samples."""
-    from glmtune.checkpoints.load import family_for, load_tokenizer, quiet_libraries, resolve_model_path
-    from glmtune.console import term
-    from glmtune.data.render import show as render_markup
-    from glmtune.rundir import run_dir_of
-
-    quiet_libraries()
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
-    prepared = prepare_data(recipe.data, family, tokenizer, run_dir_of(recipe) / "data")
-    term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
-    for index in range(min(show, len(prepared.splits["train"]))):
-        row = prepared.splits["train"][index]
-        mask = [label != IGNORE_INDEX for label in row["labels"]]
-        term.out(
-            f"[bold]sample {index}[/] ({len(row['input_ids'])} tokens, {sum(mask)} trained)", markup=True
-        )
-        term.out(render_markup(row["input_ids"], mask, tokenizer), markup=True)
-    return prepared

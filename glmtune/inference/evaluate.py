@@ -14,8 +14,8 @@ from typing import Any
 from rich.markup import escape
 
 from glmtune.checkpoints.export import generation_kwargs
-from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
-from glmtune.console import term
+from glmtune.checkpoints.load import Loaded, load_for_inference
+from glmtune.console import quiet_libraries, term
 from glmtune.data.formats import read_examples
 from glmtune.data.prepare import IGNORE_INDEX, render_example
 from glmtune.errors import UsageError
