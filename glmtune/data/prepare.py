@@ -72,9 +72,7 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
         if sample.status == "dropped":
             continue
         columns["input_ids"].append(sample.ids)
-        columns["labels"].append(
-            [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
-        )
+        columns["labels"].append(labels_of(sample))
     if not columns["input_ids"]:
         raise UsageError(
             f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it"
@@ -85,10 +83,21 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
-        return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history)  # fmt: skip
+        return render_sample(
+            example.messages,
+            family,
+            tokenizer,
+            max_length=data.max_length,
+            overlong=data.overlong,
+            mask_history=data.mask_history,
+        )
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
+
+
+def labels_of(sample: Rendered) -> list[int]:
+    """Training labels: the ids where the mask trains, IGNORE_INDEX elsewhere."""
+    return [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
 
 
 def _stats(columns: dict[str, list[list[int]]], read: int, counts: dict[str, int]) -> dict[str, float]:
@@ -123,8 +132,13 @@ def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     return digest.hexdigest()
 
 
-PROBE = [Message("system", "s"), Message("user", "q1"), Message("assistant", "a1"), Message("user", "q2"),
-         Message("assistant", "a2")]  # fmt: skip
+PROBE = [
+    Message("system", "s"),
+    Message("user", "q1"),
+    Message("assistant", "a1"),
+    Message("user", "q2"),
+    Message("assistant", "a2"),
+]
 
 
 def layout_fingerprint(family: Family, tokenizer) -> str:

@@ -19,7 +19,7 @@ from glmtune.checkpoints.load import Base, open_base, torch_dtype
 from glmtune.console import progress_callback, quiet_libraries, term
 from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
 from glmtune.errors import UsageError
-from glmtune.recipe import Recipe
+from glmtune.recipe import Recipe, TrainSection
 from glmtune.rundir import (
     new_run_info,
     replace_dir,
@@ -130,8 +130,6 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
     t = recipe.train
-    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
-    save_strategy = "steps" if t.save_steps else "epoch"
     dtype = str(torch_dtype(recipe.model.dtype)).removeprefix("torch.")
     ds_config = deepspeed_config(recipe)
     return TrainingArguments(
@@ -147,14 +145,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps,
-        save_strategy=save_strategy,
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        load_best_model_at_end=t.keep_best,
-        metric_for_best_model="eval_loss" if t.keep_best else None,
-        greater_is_better=False if t.keep_best else None,
+        **_evaluating_and_saving(t, has_eval),
         activation_checkpointing=t.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=dtype == "bfloat16",
@@ -172,6 +163,20 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
     )
 
 
+def _evaluating_and_saving(t: TrainSection, has_eval: bool) -> dict[str, Any]:
+    """When the Trainer evaluates and saves checkpoints, and whether it reloads the best one at the end."""
+    return {
+        "eval_strategy": "no" if not has_eval else ("steps" if t.eval_steps else "epoch"),
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps" if t.save_steps else "epoch",
+        "save_steps": t.save_steps or 500,
+        "save_total_limit": t.save_total_limit,
+        "load_best_model_at_end": t.keep_best,
+        "metric_for_best_model": "eval_loss" if t.keep_best else None,
+        "greater_is_better": False if t.keep_best else None,
+    }
+
+
 def collator(tokenizer, fixed_length: int | None = None):
     """Pads each batch to its longest sample (or to `fixed_length`), on the right; padded labels are ignored."""
     from transformers import DataCollatorForSeq2Seq
@@ -186,8 +191,8 @@ def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool 
     from transformers import PrinterCallback, Trainer
 
     progress = progress_callback()
-    callbacks = [progress, MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
-                 NanWatchdog(), CheckpointMarker()]  # fmt: skip
+    logs = [MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png")]
+    callbacks = [progress, *logs, NanWatchdog(), CheckpointMarker()]
     trainer = Trainer(
         model=model,
         args=args,
