@@ -11,6 +11,7 @@ Each check is also run on a small bad source, so a check that stopped seeing any
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -32,14 +33,37 @@ def _arch_report():
 arch = _arch_report()
 
 
+# Fields of a family record, and of the specs inside it, whose strings are facts of that family.
+FACT_FIELDS = {"model_type", "model_types", "special_tokens", "stop_tokens", "single_word"} | {
+    f"{kind}_token" for kind in ("eos", "pad", "unk", "bos", "mask")
+}
+
+
 def family_words() -> set[str]:
-    """Every string that names a family: registry keys, model_types, special and stop tokens of each record."""
+    """Every string that names a family: registry keys, model_types, special and stop tokens of each record
+    (and of the specs inside it: detection signatures, original-layout tokenizer, tiny checkpoints)."""
     from glmtune.families import REGISTRY
 
     words: set[str] = set()
     for family in REGISTRY.values():
-        words |= {family.name, family.eos_token, family.pad_token, *family.model_types}
-        words |= {*family.special_tokens, *family.stop_tokens, *family.lora_targets}
+        words |= {family.name, *family.lora_targets} | _facts(family)
+    return words - {""}
+
+
+def _facts(value: object) -> set[str]:
+    if isinstance(value, tuple):
+        return set().union(*map(_facts, value))
+    if not dataclasses.is_dataclass(value):
+        return set()
+    words: set[str] = set()
+    for field in dataclasses.fields(value):
+        item = getattr(value, field.name)
+        if field.name in FACT_FIELDS:
+            words |= (
+                {item} if isinstance(item, str) else {word for word in item or () if isinstance(word, str)}
+            )
+        else:
+            words |= _facts(item)
     return words
 
 
