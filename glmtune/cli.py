@@ -107,12 +107,12 @@ def convert(
         bool, typer.Option("--allow-pickle", help="Read pickled *.bin weights (only files you trust).")
     ] = False,
 ) -> None:
-    """Write an original-layout ChatGLM checkpoint once as a native model: transformers' Glm (ChatGLM2/3, GLM-4), or
-    glmtune's ChatGLM-6B port (v1), which glmtune loads and exports; no remote code."""
+    """Write an original-layout ChatGLM checkpoint once as a folder plain transformers loads: transformers' Glm
+    (ChatGLM2/3, GLM-4), or glmtune's ChatGLM-6B port (v1) with its module file as remote code."""
     from glmtune.checkpoints.original import convert_checkpoint
 
-    convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
-    term.ok(f"converted {source} to {out} (native layout, no remote code)")
+    loads_as = convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
+    term.ok(f"converted {source} to {out} ({loads_as})")
 
 
 @app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')

@@ -4,7 +4,7 @@ layouts, reloaded in a fresh process with its remote code, and chatted with.
 
 Uses the official ice_text.model and tokenizer_config.json in the shared assets (../shared/assets/glm-models, or
 GLMTUNE_SHARED_ASSETS) and skips without them; nothing is copied into the repository. The original ids are computed
-the way the original code does, with sentencepiece directly (`glm_tokenizers.reference_encode` = `SPTokenizer.encode`,
+the way the original code does, with sentencepiece directly (`original_tokenizer.reference_encode` = `SPTokenizer.encode`,
 i.e. `tokenizer.encode(text, add_special_tokens=False)`), from THUDM/chatglm-6b and THUDM/ChatGLM-6B:
 - modeling_chatglm.py `chat` / `stream_chat`: the prompt is the query alone without history, else
   "[Round {i}]\\n问：{q}\\n答：{r}\\n" per past round (i from 0) then "[Round {n}]\\n问：{query}\\n答：";
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_ASSETS, tiny_recipe
+from original_fixtures import tiny_chatglm6b_checkpoint
 from safetensors.torch import load_file, save_file
 from test_cli import glmtune
 from test_families import MULTI, SINGLE
@@ -32,17 +33,22 @@ from test_render import runs
 
 from glmtune.checkpoints.convert import load_original_state
 from glmtune.checkpoints.export import export_run
-from glmtune.checkpoints.load import load_config, load_for_inference
+from glmtune.checkpoints.load import load_config, load_for_inference, load_model
 from glmtune.checkpoints.original import is_original_folder, load_original_tokenizer
 from glmtune.data.render import render_conversation, render_sample
 from glmtune.errors import UsageError
-from glmtune.families import CHATGLM, Message, detect_family
+from glmtune.families import CHATGLM, Message, detect_family, get_family
 from glmtune.families import modeling_chatglm6b as chatglm6b
-from glmtune.families.tokenizers import reference_encode
+from glmtune.families.original_tokenizer import reference_encode as encode_with_spec
 from glmtune.inference.chat import chat
 from glmtune.training.train import train
 
 GMASK, SOP, EOP = 130001, 130004, 130005  # the official ids, checked against the tokenizer by name below
+
+
+def reference_encode(folder: Path, family: str, text: str) -> list[int]:
+    """The original tokenizer's ids of `text` (sentencepiece / tiktoken directly)."""
+    return encode_with_spec(folder, get_family(family).original.tokenizer, text)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +207,7 @@ def tiny_v1(official, tokenizer, tmp_path_factory) -> Path:
     """A 2-layer ChatGLM-6B checkpoint in the original layout (config.json, model.safetensors under the original
     names, lm_head tied) beside the official tokenizer files, in a temporary folder."""
     folder = tmp_path_factory.mktemp("chatglm-6b-tiny")
-    config, state = chatglm6b.tiny_original_checkpoint()
+    config, state = tiny_chatglm6b_checkpoint()
     with torch.no_grad():
         embeddings = state["transformer.word_embeddings.weight"]
         embeddings[len(tokenizer) :] = 0.0  # the padded rows past the 130,344 pieces are never predicted
@@ -309,3 +315,37 @@ def test_full_fine_tuning_saves_and_exports_the_port(tiny_v1, tmp_path):
     base, tuned = load_original_state(tiny_v1), load_original_state(original)
     assert any(not torch.equal(base[name], tuned[name]) for name in base)
     assert torch.equal(tuned["lm_head.weight"], tuned["transformer.word_embeddings.weight"])  # still tied
+
+
+def test_convert_writes_a_folder_plain_transformers_loads_in_a_fresh_process(tiny_v1, tmp_path):
+    out = tmp_path / "converted"
+    result = glmtune("convert", tiny_v1, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = "".join((result.stderr + result.stdout).split())  # the terminal may wrap the line
+    assert "trust_remote_code=True" in said and "noremotecode" not in said
+    assert (out / "modeling_chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "chatglm6b" and config["glmtune_family"] == "chatglm"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chatglm6b.ChatGLM6BForCausalLM"
+    script = f"""
+import json, sys
+sys.modules["glmtune"] = None  # the converted folder must not need glmtune
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {str(out)!r}
+tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+ids = tokenizer.apply_chat_template([{{"role": "user", "content": "你好"}}], add_generation_prompt=True,
+                                    return_dict=True)["input_ids"]
+json.dump({{"ids": list(ids), "logits": model(input_ids=__import__("torch").tensor([ids])).logits[0].tolist(),
+           "class": type(model).__module__}}, sys.stdout)
+"""
+    fresh = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    loaded = json.loads(fresh.stdout)
+    assert loaded["class"].startswith("transformers_modules.") and loaded["ids"][-2:] == [GMASK, SOP]
+    original = load_model(tiny_v1, dtype="float32").eval()
+    with torch.no_grad():
+        expected = original(input_ids=torch.tensor([loaded["ids"]])).logits[0]
+    assert torch.allclose(torch.tensor(loaded["logits"]), expected, atol=1e-5)

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_ASSETS, tiny_recipe
+from original_fixtures import tiny_original_checkpoint
 from safetensors.torch import load_file
 from test_cli import assert_usage_error, glmtune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from glmtune.checkpoints.convert import load_original_state, tiny_original_checkpoint
+from glmtune.checkpoints.convert import load_original_state
 from glmtune.checkpoints.export import export_run
 from glmtune.checkpoints.load import load_model, load_tokenizer
 from glmtune.checkpoints.original import is_original_folder, save_original_layout
@@ -139,12 +140,13 @@ def test_export_original_layout_needs_an_original_base(tiny_dir, tmp_path):
     }
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps(run))
-    with pytest.raises(UsageError, match="not in the original ChatGLM layout"):
+    with pytest.raises(UsageError, match="not in an original remote-code layout"):
         export_run(tmp_path / "run", tmp_path / "out", layout="original")
     assert not (tmp_path / "out").exists()
 
 
 def small_original_folder(folder: Path, **changes) -> Path:
+    """Weights and config.json only: no tokenizer files, so nothing tells the family but the caller."""
     source = json.loads((builtin_path("tiny-chatglm3") / "config.json").read_text()) | changes
     config, state = tiny_original_checkpoint(source, vocab=512)
     folder.mkdir()
@@ -156,8 +158,9 @@ def small_original_folder(folder: Path, **changes) -> Path:
 def test_pickled_weights_need_allow_pickle(tmp_path):
     folder = small_original_folder(tmp_path / "bin")
     with pytest.raises(UsageError, match="allow_pickle"):
-        load_model(folder, dtype="float32")
-    assert type(load_model(folder, dtype="float32", allow_pickle=True)).__name__ == "GlmForCausalLM"
+        load_model(folder, dtype="float32", family=CHATGLM3)
+    loaded = load_model(folder, dtype="float32", allow_pickle=True, family=CHATGLM3)
+    assert type(loaded).__name__ == "GlmForCausalLM"
 
 
 def test_chatglm_v1_checkpoints_the_port_does_not_implement_are_refused(tmp_path):

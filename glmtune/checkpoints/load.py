@@ -1,10 +1,10 @@
 """Open models and tokenizers: a recipe's base (`open_base`, once per command), run directories and exports.
 
 Nothing here downloads: a path must be a local folder (or a builtin tiny model). Pickled weights are refused unless
-the recipe allows them, and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and
-GLM-4-9B-chat folders load as transformers' native `GlmForCausalLM`, converted in memory, and ChatGLM-6B v1 folders
-as glmtune's port `ChatGLM6BForCausalLM` (`glmtune.checkpoints.original`), never through their code. The port is
-registered with the Auto classes before any Auto load, so saved and exported v1 folders load like native ones.
+the recipe allows them, and remote code runs only when the recipe turns it on. An original remote-code folder loads
+through its family's weight layout (`glmtune.checkpoints.original`), mapped in memory, never through its code. The
+families' own architectures are registered with the Auto classes before any Auto load, so folders saved with them
+load like native ones.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from glmtune.errors import UsageError
-from glmtune.families import Family, detect_family, get_family
+from glmtune.families import Family, detect_family, get_family, register_architectures
 from glmtune.recipe import ModelSection
 from glmtune.rundir import is_run_dir, read_run
 
@@ -42,6 +42,7 @@ class Base:
             trust_remote_code=self.trust_remote_code,
             allow_pickle=self.allow_pickle,
             quantization_config=quantization_config,
+            family=self.family,
         )
 
     def meta_model(self):
@@ -49,7 +50,7 @@ class Base:
         import torch
         from transformers import AutoModelForCausalLM
 
-        config = load_config(self.path, self.trust_remote_code)
+        config = load_config(self.path, self.trust_remote_code, self.family)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
 
@@ -87,10 +88,8 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
 
 
 def register_ports() -> None:
-    """Make glmtune's own architectures (the ChatGLM-6B v1 port) known to the Auto classes."""
-    from glmtune.families.modeling_chatglm6b import register
-
-    register()
+    """Make glmtune's own architectures (the families' ports) known to the Auto classes."""
+    register_architectures()
 
 
 def torch_dtype(name: str):
@@ -126,10 +125,10 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     quantization_config: Any = None,
+    family: Family | None = None,
 ):
-    """A causal LM from a local folder. An original-layout ChatGLM2/3 / GLM-4-9B-chat folder is converted to the
-    native `GlmForCausalLM` in memory and a ChatGLM-6B v1 folder loads into glmtune's port, so their remote code is
-    never needed (trust_remote_code is not used for them)."""
+    """A causal LM from a local folder. An original-layout folder loads through its family's weight layout (default
+    family: detected), mapped in memory, so its remote code is never needed (trust_remote_code is not used for it)."""
     from transformers import AutoModelForCausalLM
 
     from glmtune.checkpoints.original import is_original_folder, load_original_model
@@ -138,6 +137,7 @@ def load_model(
         return load_original_model(
             folder,
             dtype=torch_dtype(dtype),
+            family=family,
             allow_pickle=allow_pickle,
             quantization_config=quantization_config,
         )
@@ -157,17 +157,18 @@ def load_model(
     )
 
 
-def load_config(folder: Path, trust_remote_code: bool = False):
-    """The model config transformers builds the architecture from (the native `GlmConfig` or glmtune's
-    `ChatGLM6BConfig` of an original-layout folder), e.g. for a weightless model on the meta device; the
-    Auto classes know every config it returns."""
+def load_config(folder: Path, trust_remote_code: bool = False, family: Family | None = None):
+    """The model config transformers builds the architecture from (for an original-layout folder, its family's
+    loading config), e.g. for a weightless model on the meta device; the Auto classes know every config it
+    returns."""
     from transformers import AutoConfig
 
     from glmtune.checkpoints.original import is_original_folder, loading_config, original_config
 
     register_ports()
     if is_original_folder(folder):
-        return loading_config(original_config(folder))
+        family = family or detect_family(folder)
+        return loading_config(original_config(folder, family), family)
     return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
@@ -235,6 +236,7 @@ def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, me
         dtype=dtype,
         allow_pickle=run.get("allow_pickle", False),
         trust_remote_code=run.get("trust_remote_code", False),
+        family=get_family(run["family"]),
     )
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     return model.merge_and_unload() if merge else model

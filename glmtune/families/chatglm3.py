@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
+from glmtune.families import glm_original_layout
 from glmtune.families.base import (
-    CONVERTED_TARGETS,
-    SP_CONTROL_TOKENS,
     Family,
     Message,
+    OriginalLayout,
     Piece,
-    checkpoint_names,
+    Signature,
+    TinySpec,
+    TokenizerSpec,
     role_layout,
 )
 
@@ -42,31 +41,73 @@ CHATGLM3_CHAT_TEMPLATE = (
 # whole word, so a system prompt that starts with a letter or digit glues to it; glmtune's own rendering is exact.
 
 
-def _is_chatglm3(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
-    # ChatGLM2 and 3 share tokenizer.model and the config fields; ChatGLM3's tokenizer_config lists its role tokens.
-    mentions_roles = "<|user|>" in json.dumps(tokenizer_config, ensure_ascii=False)
-    return config.get("padded_vocab_size") == 65024 and (
-        "chatglm3" in checkpoint_names(config, tokenizer_config) or mentions_roles
-    )
+# The control tokens ChatGLM2/3's SentencePiece tokenizer appends after its 64,789 pieces, in id order.
+SP_CONTROL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+SP_PIECES = (
+    64789  # tokenizer.model's size: the special tokens follow at these ids ([gMASK] 64790, <|user|> 64795)
+)
+# tokenization_chatglm.py SPTokenizer: SentencePiece BPE, the control then role tokens appended in this order; the
+# bare words sop/eop match only as whole words ("Aesop" stays text).
+ORIGINAL = OriginalLayout(
+    tokenizer=TokenizerSpec(
+        kind="sentencepiece_bpe",
+        vocab_file="tokenizer.model",
+        special_tokens=(*SP_CONTROL_TOKENS, *ROLE_TOKENS),
+        eos_token="</s>",
+        pad_token="<unk>",
+        unk_token="<unk>",
+        single_word=("sop", "eop"),
+    ),
+    weights=glm_original_layout.WEIGHTS,
+)
+# ChatGLM2 and 3 share tokenizer.model and the config fields; ChatGLM3 ships a template with its role tokens.
+# (ChatGLM3-6B-Base ships no template: it looks like ChatGLM2-6B, so set model.family = "chatglm3" for it.)
+DETECTION = (
+    Signature(
+        model_types=(glm_original_layout.MODEL_TYPE,),
+        layout="original",
+        config={"padded_vocab_size": 65024},
+        files=("tokenizer.model",),
+        template_markers=("[gMASK]sop", "<|assistant|>"),
+    ),
+)
+# ChatGLM3-6B's tokenizer_config.json has a chat template and these tokens.
+TINY = (
+    TinySpec(
+        "tiny-chatglm3",
+        "original",
+        config={**glm_original_layout.OFFICIAL_CONFIG, **glm_original_layout.TINY_SIZES, "seq_length": 8192},
+        tokenizer_config={
+            "tokenizer_class": "ChatGLMTokenizer",
+            "remove_space": False,
+            "chat_template": CHATGLM3_CHAT_TEMPLATE,
+            "eos_token": "</s>",
+            "pad_token": "<unk>",
+        },
+        tokenizer_pieces=SP_PIECES,
+    ),
+)
 
 
 FAMILY = Family(
     name="chatglm3",
     title="ChatGLM3-6B and ChatGLM3-6B-Base (original remote-code layout)",
-    special_tokens=(*SP_CONTROL_TOKENS, "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "</s>"),
+    special_tokens=(*SP_CONTROL_TOKENS, *ROLE_TOKENS, "</s>"),
     eos_token="</s>",
     pad_token="<unk>",
     # modeling_chatglm.py `chat`: eos_token_id = [eos, <|user|>, <|observation|>]
     stop_tokens=("</s>", "<|user|>", "<|observation|>"),
     layout=_chatglm3_layout,
     chat_template=CHATGLM3_CHAT_TEMPLATE,
-    lora_targets=CONVERTED_TARGETS,
+    detection=DETECTION,
+    lora_targets=glm_original_layout.LORA_TARGETS,
     turn_end_note=(
         "an assistant turn ends with the next role token (<|user|>, or <|observation|> after a tool call), and the "
         "last one with </s>, as ChatGLM3's finetune_hf.py trains it (it appends eos and shifts the mask by one); "
         "observation messages are not trained (finetune_hf.py would train them; GLM-4's finetune.py does not)"
     ),
-    original_tokenizer="chatglm3",
-    recognises=_is_chatglm3,
+    original=ORIGINAL,
+    tiny=TINY,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
+from glmtune.families import glm_original_layout
 from glmtune.families.base import (
-    NATIVE_GLM_TARGETS,
     Family,
     Message,
+    OriginalLayout,
     Piece,
+    Signature,
+    TinySpec,
+    TokenizerSpec,
     role_layout,
 )
+from glmtune.families.glm_original_layout import NATIVE_GLM_TARGETS
 
 
 def _glm4_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
@@ -44,41 +47,67 @@ GLM4_CHAT_TEMPLATE = (
 _MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _is_glm4_chat(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
-    # glm-4-9b-chat: the 151,552-row GLM-4 vocabulary and a tiktoken `tokenizer.model`.
-    return (
-        config.get("padded_vocab_size") == 151552
-        or tokenizer_config.get("tokenizer_class") == "ChatGLM4Tokenizer"
-    )
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+)  # fmt: skip
+# tiktoken split pattern of GLM-4 (tokenization_chatglm.py of THUDM/glm-4-9b-chat).
+SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+# glm-4-9b-chat in its original layout: the 151,552-row GLM-4 vocabulary and a tiktoken `tokenizer.model`, whose
+# special tokens follow the 151,329 ranks (as its tokenizer_config.json added_tokens_decoder lists them).
+ORIGINAL = OriginalLayout(
+    tokenizer=TokenizerSpec(
+        kind="tiktoken_bpe",
+        vocab_file="tokenizer.model",
+        special_tokens=SPECIAL_TOKENS,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        split_pattern=SPLIT_PATTERN,
+    ),
+    weights=glm_original_layout.WEIGHTS,
+)
+# Native GLM-4 folders ship GLM-4's template ("[gMASK]<sop>" then role tokens); an original glm-4-9b-chat folder is
+# told by its vocabulary size.
+DETECTION = (
+    Signature(model_types=("glm", "glm4", "glm4_moe"), template_markers=("[gMASK]<sop>", "<|assistant|>")),
+    Signature(
+        model_types=(glm_original_layout.MODEL_TYPE,),
+        layout="original",
+        config={"padded_vocab_size": 151552},
+        files=("tokenizer.model",),
+    ),
+)
+_MOE_CONFIG = {
+    "moe_intermediate_size": 256,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "first_k_dense_replace": 1,
+}
+TINY = (
+    TinySpec(
+        "tiny-glm4", "native", model_type="glm4", split_pattern=SPLIT_PATTERN
+    ),  # GLM-4-0414's architecture
+    TinySpec("tiny-glm", "native", model_type="glm", split_pattern=SPLIT_PATTERN),  # glm-4-9b-chat-hf's
+    TinySpec(
+        "tiny-glm4-moe", "native", model_type="glm4_moe", config=_MOE_CONFIG, split_pattern=SPLIT_PATTERN
+    ),
+)
 
 
 FAMILY = Family(
     name="glm4",
     title="GLM-4 (glm-4-9b-chat and -hf, GLM-4-0414, GLM-4.5, glmtune's builtin tiny models)",
-    special_tokens=(
-        "<|endoftext|>",
-        "[MASK]",
-        "[gMASK]",
-        "[sMASK]",
-        "<sop>",
-        "<eop>",
-        "<|system|>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|observation|>",
-        "<|begin_of_image|>",
-        "<|end_of_image|>",
-        "<|begin_of_video|>",
-        "<|end_of_video|>",
-    ),
+    special_tokens=SPECIAL_TOKENS,
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
-    model_types=("glm", "glm4", "glm4_moe"),
+    detection=DETECTION,
     lora_targets={"glm": NATIVE_GLM_TARGETS, "glm4": NATIVE_GLM_TARGETS, "glm4_moe": _MOE_TARGETS},
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
-    original_tokenizer="glm4",
-    recognises=_is_glm4_chat,
+    original=ORIGINAL,
+    tiny=TINY,
 )
