@@ -9,7 +9,6 @@ load like native ones.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from glmtune.errors import UsageError
 from glmtune.families import Family, detect_family, get_family, register_architectures
 from glmtune.recipe import ModelSection
 from glmtune.rundir import is_run_dir, read_run
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
