@@ -24,7 +24,7 @@ define install_into
 	@$(1)/bin/glmtune --help >/dev/null && echo "installed: $(1)/bin/glmtune"
 endef
 
-.PHONY: install test test-latest lock test-slow test-deepspeed test-gpu lint format demo bench clean
+.PHONY: install test test-latest lock test-slow test-deepspeed test-gpu lint format demo bench arch clean
 
 install:
 	$(call install_into,$(VENV),-c $(CONSTRAINTS))
@@ -72,6 +72,10 @@ demo:
 
 bench:
 	$(BIN)/python -m glmtune.bench
+
+# Import floors, arrows, circles, long modules and functions, `# fmt: skip` (tests/test_architecture.py holds the layers).
+arch:
+	$(BIN)/python tools/arch_report.py
 
 clean:
 	rm -rf runs .cache .pytest_cache $(LATEST)

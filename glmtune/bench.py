@@ -35,7 +35,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "extraction" / "train.json
 
 
 def main() -> None:
-    from glmtune.checkpoints.load import quiet_libraries
+    from glmtune.console import quiet_libraries
 
     quiet_libraries()
     loads = [os.getloadavg()]
@@ -59,15 +59,14 @@ def main() -> None:
 def _setup() -> dict[str, Any]:
     import tempfile
 
-    from glmtune.checkpoints.load import family_for, load_tokenizer, resolve_model_path
+    from glmtune.checkpoints.load import open_base
     from glmtune.data.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
 
-    base = resolve_model_path("builtin:tiny-glm4")
-    family = family_for(base)
-    tokenizer = load_tokenizer(base, family=family)
-    data = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"},
-                             "data": {"train": [str(DATA)] * COPIES, "max_length": MAX_LENGTH}}, where="bench").data  # fmt: skip
+    recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"},
+                               "data": {"train": [str(DATA)] * COPIES, "max_length": MAX_LENGTH}}, where="bench")  # fmt: skip
+    opened = open_base(recipe.model)
+    base, family, tokenizer, data = opened.path, opened.family, opened.tokenizer, recipe.data
     with tempfile.TemporaryDirectory() as scratch:
         prepared = prepare_data(data, family, tokenizer, Path(scratch) / "data")
         train = prepared.splits["train"].flatten_indices()  # in memory: the scratch folder goes away
@@ -96,7 +95,8 @@ def _run(setup: dict[str, Any], mode: str) -> dict[str, float]:
 
     from glmtune.recipe import recipe_from_dict
     from glmtune.training.loss import HeadLoss
-    from glmtune.training.train import apply_method, batching, collator, training_arguments
+    from glmtune.training.method import apply_method
+    from glmtune.training.train import batching, collator, training_arguments
 
     recipe = recipe_from_dict({
         "model": {"path": "builtin:tiny-glm4", "dtype": "float32"},

@@ -19,13 +19,13 @@ import shutil
 
 import pytest
 
-from glmtune.checkpoints.load import load_config, load_tokenizer, lora_target_modules
+from glmtune.checkpoints.load import load_config, load_tokenizer
 from glmtune.checkpoints.tiny import builtin_path
-from glmtune.data.render import render_conversation, special_token_id
+from glmtune.data.render import render_conversation, special_token_id, stop_token_ids
 from glmtune.errors import UsageError
 from glmtune.families import REGISTRY, FolderFacts, Message, candidates, detect_family, tiny_specs
 from glmtune.families.base import RenderOptions
-from glmtune.inference.generation import stop_token_ids
+from glmtune.training.method import lora_target_modules
 
 TINY = sorted(tiny_specs())
 

@@ -60,6 +60,11 @@ def without_reasoning(message: Message) -> Message:
     return replace(message, content=content, reasoning_content=None)
 
 
+def stop_token_ids(family: Family, tokenizer) -> list[int]:
+    """Ids of the tokens generation stops on (also written into exported generation_config.json files)."""
+    return [special_token_id(tokenizer, name) for name in family.stop_tokens]
+
+
 def render_conversation(
     messages: Sequence[Message],
     family: Family,

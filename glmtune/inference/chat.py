@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from glmtune.checkpoints.export import generation_kwargs
-from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
-from glmtune.console import term
+from glmtune.checkpoints.load import Loaded, load_for_inference
+from glmtune.console import quiet_libraries, term
 from glmtune.families import Message
 from glmtune.inference.generation import generate_answers
 from glmtune.recipe import GenerationSection
@@ -44,7 +44,9 @@ def _settings(loaded: Loaded, max_new_tokens: int | None, temperature: float | N
     settings: dict[str, Any] = {}
     if loaded.run is not None:
         settings = generation_kwargs(run_recipe(loaded.source).generation)
-    elif loaded.model.generation_config.max_new_tokens is None:  # else generate() would stop at max_length (20)
+    elif (
+        loaded.model.generation_config.max_new_tokens is None
+    ):  # else generate() would stop at max_length (20)
         settings["max_new_tokens"] = GenerationSection().max_new_tokens
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
