@@ -190,9 +190,9 @@ def render(
     ] = False,
 ) -> None:
     """Print each record as the family's template renders it: one JSON object per line, {"text", "trained"}."""
-    from glmtune.checkpoints.load import family_for, load_tokenizer, resolve_model_path
+    from glmtune.checkpoints.load import load_tokenizer, resolve_model_path
     from glmtune.data.show import render_lines
-    from glmtune.families import get_family
+    from glmtune.families import detect_family, get_family
 
     if data is None and family is not None:  # `render --family NAME DATA`: the one argument is the data
         source, data = None, Path(source) if source else None
@@ -201,7 +201,7 @@ def render(
     if ids and source is None:
         raise UsageError("glmtune render --ids: give MODEL_DIR, whose tokenizer makes the ids")
     folder = resolve_model_path(source, "MODEL_DIR") if source else None
-    record = family_for(folder, family or "auto") if folder else get_family(str(family))
+    record = get_family(str(family)) if family or folder is None else detect_family(folder)
     tokenizer = load_tokenizer(folder, False, record) if ids and folder else None
     thinking: Literal["template", "off"] = "off" if enable_thinking == Switch.false else "template"
     lines = render_lines(
