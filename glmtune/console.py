@@ -45,10 +45,8 @@ class Terminal:
     def __init__(self) -> None:
         quiet_import_chatter()  # glmtune owns stderr from here on
         self.err = Console(stderr=True, highlight=False, quiet=not _is_rank_zero())
-        if not self.err.is_terminal:  # a log file or pipe: keep every line whole
-            self.err = Console(
-                stderr=True, highlight=False, quiet=not _is_rank_zero(), soft_wrap=True, width=1000
-            )
+        if not self.err.is_terminal:  # a log file or pipe: keep every line whole, however long
+            self.err.soft_wrap, self.err.width = True, 1000
         self.stdout = Console(highlight=False, soft_wrap=True)
 
     def info(self, message: str, markup: bool = False) -> None:
