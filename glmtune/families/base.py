@@ -56,6 +56,9 @@ class Family:
     original_tokenizer: str = ""  # glm_tokenizers family of the original-layout tokenizer files
     recognises: Recogniser | None = None  # detection of an original-layout (model_type "chatglm") folder
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
+    # vLLM's OpenAI server flags for this family's replies ("" where vLLM has no parser for it)
+    vllm_tool_parser: str = ""
+    vllm_reasoning_parser: str = ""
 
 
 def role_layout(
