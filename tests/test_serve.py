@@ -18,7 +18,16 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 KEY = "test-key"
-QUESTIONS = ["你是谁？", "Who are you?", "What can you do?", "你好", "Tell me a joke.", "1+1=?", "再见", "Thanks!"]
+QUESTIONS = [
+    "你是谁？",
+    "Who are you?",
+    "What can you do?",
+    "你好",
+    "Tell me a joke.",
+    "1+1=?",
+    "再见",
+    "Thanks!",
+]
 
 
 def _free_port() -> int:
@@ -31,7 +40,17 @@ def _free_port() -> int:
 def server(tiny_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [sys.executable, "-m", "glmtune.cli", "serve", str(tiny_dir), "--port", str(port), "--api-key", KEY]
+    command = [
+        sys.executable,
+        "-m",
+        "glmtune.cli",
+        "serve",
+        str(tiny_dir),
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+    ]
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
@@ -40,7 +59,12 @@ def server(tiny_dir, tmp_path_factory):
         if process.poll() is not None:
             pytest.fail(f"server exited: {log.read_text()}")
         try:
-            if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=1).status_code == 200:
+            if (
+                httpx.get(
+                    f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=1
+                ).status_code
+                == 200
+            ):
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
@@ -96,8 +120,19 @@ def test_stream_equals_the_whole_answer(client, tiny_dir):
 
 
 def test_stream_ends_with_done(server, tiny_dir):
-    body = {"model": Path(tiny_dir).name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+    body = {
+        "model": Path(tiny_dir).name,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    ) as response:
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
@@ -119,7 +154,10 @@ def test_seeded_sampling_repeats(client, tiny_dir):
 
 
 def test_eight_concurrent_clients_get_their_own_answers(client, tiny_dir):
-    alone = {q: _ask(client, tiny_dir, q, max_tokens=8, temperature=0).choices[0].message.content for q in QUESTIONS}
+    alone = {
+        q: _ask(client, tiny_dir, q, max_tokens=8, temperature=0).choices[0].message.content
+        for q in QUESTIONS
+    }
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda q: _ask(client, tiny_dir, q, max_tokens=8, temperature=0), QUESTIONS))
     assert [r.choices[0].message.content for r in together] == [alone[q] for q in QUESTIONS]
@@ -163,7 +201,13 @@ def test_bad_requests_get_openai_errors(server, tiny_dir, body, status, needle):
     error = response.json()["error"]
     assert needle in error["message"] and error["type"]
     # and the server keeps serving
-    assert _post(server, {"model": Path(tiny_dir).name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 200
+    assert (
+        _post(
+            server,
+            {"model": Path(tiny_dir).name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        ).status_code
+        == 200
+    )
 
 
 def test_api_key_is_required(server, tiny_dir):
@@ -184,4 +228,6 @@ def test_vllm_engine_prints_the_command_without_vllm(tiny_dir):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "vllm serve" in result.stderr and "--port 8123" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "vllm serve" in result.stderr and "--port 8123" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -43,7 +43,17 @@ def labels(tmp_path_factory) -> Path:
 def page_url(tiny_dir, labels, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("web") / "web.log"
-    command = [sys.executable, "-m", "glmtune.cli", "web", str(tiny_dir), "--port", str(port), "--data", str(labels)]
+    command = [
+        sys.executable,
+        "-m",
+        "glmtune.cli",
+        "web",
+        str(tiny_dir),
+        "--port",
+        str(port),
+        "--data",
+        str(labels),
+    ]
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -67,7 +77,9 @@ def page_url(tiny_dir, labels, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
         yield chromium
         chromium.close()
 
@@ -128,7 +140,9 @@ def test_labelled_record_lands_in_the_file_and_prepare_accepts_it(page, labels, 
         f'[data]\ntrain = ["{labels}"]\n',
         encoding="utf-8",
     )
-    result = subprocess.run([sys.executable, "-m", "glmtune.cli", "prepare", str(recipe)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "glmtune.cli", "prepare", str(recipe)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 

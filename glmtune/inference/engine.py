@@ -69,9 +69,13 @@ class Engine:
 
     @property
     def has_adapter(self) -> bool:
-        return hasattr(self.loaded.model, "disable_adapter")  # a peft model: base answers with the adapter off
+        return hasattr(
+            self.loaded.model, "disable_adapter"
+        )  # a peft model: base answers with the adapter off
 
-    def stream(self, prompt: Sequence[int], sampling: Sampling, adapter: bool = True) -> Iterator[str | Completion]:
+    def stream(
+        self, prompt: Sequence[int], sampling: Sampling, adapter: bool = True
+    ) -> Iterator[str | Completion]:
         """`generate` as an iterator: text pieces as they come, then the Completion."""
         pieces: queue.Queue[str | Completion | BaseException] = queue.Queue()
 
@@ -155,7 +159,9 @@ class _TextPieces:
 
     def text(self) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        return text[: len(text) - 1] if text.endswith("\ufffd") else text  # an unfinished multi-byte character
+        return (
+            text[: len(text) - 1] if text.endswith("\ufffd") else text
+        )  # an unfinished multi-byte character
 
     def _flush(self, final: bool) -> None:
         text = self.text()

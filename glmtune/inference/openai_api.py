@@ -109,11 +109,23 @@ def parse_request(body: bytes, model_id: str) -> ChatRequest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ApiError(400, f"{where}: {first['msg']} ({exc.error_count()} problem(s))", param=where) from None
+        raise ApiError(
+            400, f"{where}: {first['msg']} ({exc.error_count()} problem(s))", param=where
+        ) from None
     if chat.model != model_id:
-        raise ApiError(404, f"model {chat.model!r} does not exist; this server serves {model_id!r}", "not_found_error", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"model {chat.model!r} does not exist; this server serves {model_id!r}",
+            "not_found_error",
+            param="model",
+            code="model_not_found",
+        )
     if chat.tool_choice not in (None, "auto", "none"):
-        raise ApiError(400, "tool_choice: only 'auto' and 'none' are supported (no constrained decoding)", param="tool_choice")
+        raise ApiError(
+            400,
+            "tool_choice: only 'auto' and 'none' are supported (no constrained decoding)",
+            param="tool_choice",
+        )
     return chat
 
 
@@ -126,13 +138,21 @@ def to_conversation(chat: ChatRequest, family: Family) -> list[Message]:
         metadata = ""
         if message.tool_calls:
             if len(message.tool_calls) > 1:
-                raise ApiError(400, f"messages.{index}.tool_calls: several calls in one message are not supported", param=f"messages.{index}.tool_calls")
+                raise ApiError(
+                    400,
+                    f"messages.{index}.tool_calls: several calls in one message are not supported",
+                    param=f"messages.{index}.tool_calls",
+                )
             call = message.tool_calls[0].function
             _arguments(call.arguments, f"messages.{index}.tool_calls.0.function.arguments")
             metadata, content = call.name, call.arguments
         messages.append(Message(role, content, metadata))
     if messages[-1].role == "assistant":
-        raise ApiError(400, "messages: the last message must be from the user or a tool, not the assistant", param="messages")
+        raise ApiError(
+            400,
+            "messages: the last message must be from the user or a tool, not the assistant",
+            param="messages",
+        )
     return messages
 
 

@@ -19,18 +19,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
 from glmtune.errors import UsageError
 from glmtune.inference.engine import Completion, Engine, Sampling
 from glmtune.inference.openai_api import ApiError, ChatRequest, parse_request, to_conversation
 
 
-def create_app(engine: Engine, model_id: str, api_key: str | None = None, defaults: dict[str, Any] | None = None):
+def create_app(
+    engine: Engine, model_id: str, api_key: str | None = None, defaults: dict[str, Any] | None = None
+):
     """The FastAPI application serving `engine` under the name `model_id`."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     app = FastAPI(title="glmtune serve", docs_url=None, redoc_url=None)
     defaults = defaults or {}
 
@@ -41,7 +43,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, defaul
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+        return JSONResponse(
+            ApiError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
@@ -52,7 +56,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, defaul
         if api_key is not None:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", "authentication_error")
+                error = ApiError(
+                    401, "missing or wrong API key: send Authorization: Bearer KEY", "authentication_error"
+                )
                 return JSONResponse(error.body(), status_code=401)
         return await call_next(request)
 
@@ -63,7 +69,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, defaul
     @app.get("/v1/models/{name}")
     async def model(name: str):
         if name != model_id:
-            raise ApiError(404, f"model {name!r} does not exist; this server serves {model_id!r}", "not_found_error")
+            raise ApiError(
+                404, f"model {name!r} does not exist; this server serves {model_id!r}", "not_found_error"
+            )
         return _model_card(model_id)
 
     @app.post("/v1/chat/completions")
@@ -71,7 +79,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None, defaul
         chat = parse_request(await request.body(), model_id)
         prompt, sampling = _prepare(engine, chat, defaults)
         if chat.stream:
-            return StreamingResponse(_stream(engine, chat, prompt, sampling, model_id), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(engine, chat, prompt, sampling, model_id), media_type="text/event-stream"
+            )
         done = await asyncio.to_thread(engine.generate, prompt, sampling)
         return _response(engine, done, len(prompt), model_id)
 
@@ -158,7 +168,9 @@ async def _stream(
 
     def work() -> None:
         try:
-            done = engine.generate(prompt, sampling, on_text=lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t))
+            done = engine.generate(
+                prompt, sampling, on_text=lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)
+            )
             loop.call_soon_threadsafe(pieces.put_nowait, done)
         except BaseException as exc:  # reported to the client as an error event; the server keeps serving
             loop.call_soon_threadsafe(pieces.put_nowait, exc)
@@ -186,7 +198,12 @@ async def _stream(
             yield chunk({"tool_calls": calls})
         yield chunk({}, finish)
         if chat.stream_options and chat.stream_options.get("include_usage"):
-            body = {**base, "created": int(time.time()), "choices": [], "usage": _usage(len(prompt), item.completion_tokens)}
+            body = {
+                **base,
+                "created": int(time.time()),
+                "choices": [],
+                "usage": _usage(len(prompt), item.completion_tokens),
+            }
             yield f"data: {json.dumps(body)}\n\n"
         break
     yield "data: [DONE]\n\n"
@@ -197,14 +214,19 @@ def _partial_deltas(engine: Engine, text: str, sent: dict[str, str]) -> list[dic
     no longer extends (e.g. what turns out to be a tool call) is not sent on; tool calls come with the last chunk."""
     reply = engine.loaded.family.parse_reply(text, partial=True)
     deltas = []
-    for key, value in (("reasoning_content", reply.reasoning_content), ("content", reply.content)):
+    for key, value in (
+        ("reasoning_content", reply.reasoning_content or ""),
+        ("content", reply.content or ""),
+    ):
         if value.startswith(sent[key]) and len(value) > len(sent[key]):
             deltas.append({key: value[len(sent[key]) :]})
             sent[key] = value
     return deltas
 
 
-def serve(source: Path, *, host: str, port: int, api_key: str | None, engine: str, model_name: str | None) -> None:
+def serve(
+    source: Path, *, host: str, port: int, api_key: str | None, engine: str, model_name: str | None
+) -> None:
     """Load the model and serve it until interrupted (`engine` "auto" and "transformers" run here; "vllm" hands
     an exported folder to vLLM's own OpenAI server)."""
     from glmtune.checkpoints.export import generation_kwargs

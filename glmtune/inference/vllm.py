@@ -40,14 +40,23 @@ def run_vllm(source: Path, *, host: str, port: int, api_key: str | None, model_n
         )
     if not (source / "config.json").is_file():
         raise UsageError(f"{source}: not a model folder (no config.json)")
-    command = vllm_command(source, detect_family(source), host=host, port=port, api_key=api_key, model_name=model_name)
+    command = vllm_command(
+        source, detect_family(source), host=host, port=port, api_key=api_key, model_name=model_name
+    )
     missing = _missing_requirement()
     if missing:
         raise UsageError(f"{missing}; on a machine with vLLM and a GPU run: {shlex.join(command)}")
     if shutil.which("vllm"):
         os.execvp("vllm", command)
     # vllm importable but its script not on PATH: the same server through its module entry point
-    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(source), *command[3:]]
+    server = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(source),
+        *command[3:],
+    ]
     os.execvp(sys.executable, server)
 
 

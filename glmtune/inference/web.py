@@ -36,7 +36,9 @@ class LabelFile:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [
+            json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
 
     def append(self, messages: list[dict[str, str]]) -> int:
         """Check and append one record; returns the record count. Raises UsageError with prepare's message."""
@@ -63,7 +65,9 @@ def _text(content: Any) -> str:
     return str(content)
 
 
-def answer(engine: Engine, messages: list[Message], sampling: Sampling, adapter: bool = True) -> Iterator[str]:
+def answer(
+    engine: Engine, messages: list[Message], sampling: Sampling, adapter: bool = True
+) -> Iterator[str]:
     """The answer so far, growing as tokens arrive; the final one is the parsed reply's content."""
     text = ""
     for item in engine.stream(engine.prompt(messages), sampling, adapter=adapter):
@@ -83,12 +87,18 @@ def build_app(engine: Engine, *, compare_base: bool, labels: LabelFile | None, d
     def sampling(max_new_tokens: float, temperature: float) -> Sampling:
         return Sampling(int(max_new_tokens), float(temperature), defaults=defaults)
 
-    def respond(message: str, history: History, base_history: History, system: str, tokens: float, temp: float):
+    def respond(
+        message: str, history: History, base_history: History, system: str, tokens: float, temp: float
+    ):
         if not message.strip():
             yield "", history, base_history
             return
         history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        base_history = [*base_history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        base_history = [
+            *base_history,
+            {"role": "user", "content": message},
+            {"role": "assistant", "content": ""},
+        ]
         settings = sampling(tokens, temp)
         for text in answer(engine, to_messages(history[:-1], system), settings):
             history[-1] = {"role": "assistant", "content": text}
@@ -108,7 +118,9 @@ def build_app(engine: Engine, *, compare_base: bool, labels: LabelFile | None, d
         if not prompt.strip():
             raise gr.Error("write an instruction first")
         final = ""
-        for final in answer(engine, to_messages([{"role": "user", "content": prompt}], system), sampling(tokens, temp)):
+        for final in answer(
+            engine, to_messages([{"role": "user", "content": prompt}], system), sampling(tokens, temp)
+        ):
             yield final
         yield final
 
@@ -130,12 +142,18 @@ def build_app(engine: Engine, *, compare_base: bool, labels: LabelFile | None, d
         gr.Markdown(f"### {title}")
         system = gr.Textbox(label="System prompt", lines=1, elem_id="system")
         with gr.Row():
-            tokens = gr.Slider(1, 4096, value=budget, step=1, label="Max new tokens", elem_id="max-new-tokens")
-            temp = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)", elem_id="temperature")
+            tokens = gr.Slider(
+                1, 4096, value=budget, step=1, label="Max new tokens", elem_id="max-new-tokens"
+            )
+            temp = gr.Slider(
+                0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)", elem_id="temperature"
+            )
         with gr.Tab("Playground"):
             with gr.Row():
                 tuned = gr.Chatbot(label="Tuned", elem_id="tuned", height=420)
-                base = gr.Chatbot(label="Base (adapter off)", elem_id="base", height=420, visible=compare_base)
+                base = gr.Chatbot(
+                    label="Base (adapter off)", elem_id="base", height=420, visible=compare_base
+                )
             message = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="message")
             with gr.Row():
                 clear = gr.Button("Clear", elem_id="clear")
@@ -180,7 +198,9 @@ def web(source: Path, *, host: str, port: int, base: bool, data: Path | None) ->
     loaded = load_for_inference(source)
     engine = Engine(loaded)
     if base and not engine.has_adapter:
-        raise UsageError(f"--base: {source} is not a LoRA run directory; the base comparison switches its adapter off")
+        raise UsageError(
+            f"--base: {source} is not a LoRA run directory; the base comparison switches its adapter off"
+        )
     defaults = generation_kwargs(run_recipe(source).generation) if is_run_dir(source) else {}
     app = build_app(engine, compare_base=base, labels=labels, defaults=defaults)
     term.ok(f"glmtune web on http://{host}:{port} (Ctrl-C stops)")
