@@ -46,6 +46,9 @@ class DataSection(Section):
     max_length: int = Field(1024, gt=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     mask_history: bool = False  # train the last assistant turn only
+    # GLM-4.5+ reasoning: "template" trains each turn as its template renders it at inference (past turns' reasoning
+    # cleared), "keep" keeps every turn's reasoning (clear_thinking=false), "off" trains thinking-off replies
+    thinking: Literal["template", "keep", "off"] = "template"
 
 
 class MethodSection(Section):

@@ -15,7 +15,7 @@ from typing import Any
 
 from glmtune import __version__
 from glmtune.data.formats import Example, data_files, read_examples
-from glmtune.data.render import Rendered, render_conversation, render_sample
+from glmtune.data.render import Rendered, render_conversation, render_sample, thinking_options
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
 from glmtune.recipe import DataSection
@@ -85,8 +85,9 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
-        return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history)  # fmt: skip
+        messages, options = thinking_options(example.messages, data.thinking, example.tools)
+        return render_sample(messages, family, tokenizer, max_length=data.max_length,
+                             overlong=data.overlong, mask_history=data.mask_history, options=options)  # fmt: skip
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
 

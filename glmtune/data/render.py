@@ -7,14 +7,17 @@ inside user data stays plain text and cannot open a new role.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from rich.markup import escape
 
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
+from glmtune.families.base import RenderOptions
+
+Thinking = Literal["template", "keep", "off"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,29 @@ def special_token_id(tokenizer, name: str) -> int:
     return token_id
 
 
+def thinking_options(
+    messages: Sequence[Message], thinking: Thinking, tools: Sequence[Mapping[str, Any]] = ()
+) -> tuple[list[Message], RenderOptions]:
+    """The messages and render options of `[data] thinking`, the templates' own switches:
+    "template": as the template renders at inference (thinking on, past reasoning cleared); "keep":
+    `clear_thinking=false`, every turn's reasoning kept; "off": `enable_thinking=false`, reasoning dropped."""
+    options = RenderOptions(
+        tools=tuple(tools), enable_thinking=thinking != "off", clear_thinking=thinking != "keep"
+    )
+    if thinking == "off":
+        messages = [without_reasoning(m) for m in messages]
+    return list(messages), options
+
+
+def without_reasoning(message: Message) -> Message:
+    """The message with its reasoning removed: the field, and an inline `<think>…</think>` in the content (cut
+    where the templates cut it, at the last `</think>`)."""
+    content = message.content
+    if message.role == "assistant" and "</think>" in content:
+        content = content.split("</think>")[-1].lstrip("\n")
+    return replace(message, content=content, reasoning_content=None)
+
+
 def render_conversation(
     messages: Sequence[Message],
     family: Family,
@@ -41,12 +67,15 @@ def render_conversation(
     *,
     mask_history: bool = False,
     add_generation_prompt: bool = False,
+    options: RenderOptions = RenderOptions(),
 ) -> Rendered:
-    """Token ids and loss mask of a conversation in `family`'s layout.
+    """Token ids and loss mask of a conversation in `family`'s layout (`options`: tools and thinking switches).
 
-    Trained: every assistant turn's text and the token that ends it (only the last turn's when `mask_history`).
+    Trained: every assistant turn's own tokens and the token that ends it (only the last turn's when
+    `mask_history`), as the family's layout marks them.
     """
-    pieces = family.layout(messages, add_generation_prompt)
+    options = replace(options, add_generation_prompt=add_generation_prompt or options.add_generation_prompt)
+    pieces = family.layout(messages, options)
     last_turn = max((piece.turn for piece in pieces if piece.train), default=-1)
     ids: list[int] = []
     mask: list[bool] = []
@@ -69,26 +98,31 @@ def render_sample(
     max_length: int,
     overlong: Literal["truncate", "drop"],
     mask_history: bool = False,
+    options: RenderOptions = RenderOptions(),
 ) -> Rendered:
     """`render_conversation` fitted to `max_length`: dropped, or truncated on the prompt side first.
 
     Truncation drops the oldest rounds of history, then cuts the end of the last prompt message, and only then the
     end of the answer's text; the answer's terminator is always kept, since it is what teaches the model to stop.
     """
-    rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history)
+    rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history, options=options)
     if len(rendered.ids) <= max_length:
         return rendered
     if overlong == "drop":
         return Rendered([], [], "dropped")
     messages = list(messages)
     while len(rendered.ids) > max_length and _drop_oldest_round(messages):
-        rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history)
+        rendered = render_conversation(
+            messages, family, tokenizer, mask_history=mask_history, options=options
+        )
     answer_at = max(i for i, m in enumerate(messages) if m.role == "assistant")
     for target in (answer_at - 1, answer_at):
         while len(rendered.ids) > max_length and messages[target].content:
             overflow = len(rendered.ids) - max_length
             messages[target] = _cut_tail(messages[target], overflow, tokenizer)
-            rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history)
+            rendered = render_conversation(
+                messages, family, tokenizer, mask_history=mask_history, options=options
+            )
     if len(rendered.ids) > max_length or not any(rendered.mask):
         return Rendered([], [], "dropped")
     return replace(rendered, status="truncated")
