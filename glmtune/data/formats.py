@@ -74,7 +74,6 @@ def read_examples(
         for origin, record in _records(file):
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-<<<<<<< HEAD
             examples.append(check_record(record, origin, file_format, variables, system))
     return examples
 
@@ -90,12 +89,7 @@ def check_record(
     if fmt == "auto":
         fmt = detect_format(record, origin)
     filled = _fill(record, variables or {}, origin)
-    return Example(to_messages(filled, fmt, origin, system), origin)
-=======
-            record = _fill(record, variables, origin)
-            messages = to_messages(record, file_format, origin, system)
-            examples.append(Example(messages, origin, read_tools(record, origin)))
-    return examples
+    return Example(to_messages(filled, fmt, origin, system), origin, read_tools(filled, origin))
 
 
 def read_tools(record: Mapping[str, Any], origin: str) -> tuple[Mapping[str, Any], ...]:
@@ -143,7 +137,6 @@ def tool_calls(value: Any, origin: str, where: str) -> tuple[ToolCall, ...]:
             )
         calls.append(ToolCall(function["name"], arguments))
     return tuple(calls)
->>>>>>> releases
 
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
