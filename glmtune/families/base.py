@@ -60,6 +60,7 @@ class Piece:
     train: bool = False
     turn: int = -1  # index of the assistant message this trained piece belongs to (for mask_history)
     appended: bool = False  # not in the template's text: the token that ends the conversation's last turn
+    opens_reply: bool = False  # generation prompt text the reply continues (e.g. `<think>`): parsed with it
 
 
 Layout = Callable[[Sequence[Message], RenderOptions], list[Piece]]
@@ -216,9 +217,24 @@ class Family:
     vllm_tool_parser: str = ""
     vllm_reasoning_parser: str = ""
     parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
+    # what can be shown of an unfinished reply: (content so far, reasoning so far); default: parse_reply's parts
+    partial_reply: Callable[[str], tuple[str, str | None]] | None = None
     register_architectures: Callable[[], None] | None = (
         None  # make glmtune's own classes known to the Auto classes
     )
+
+    def reply(
+        self, text: str, tools: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[str, str | None, list[ToolCall]]:
+        """(content, reasoning_content, tool_calls) of a generated reply (with its opening, see Piece)."""
+        return self.parse_reply(text, tools) if self.parse_reply else (text.strip(), None, [])
+
+    def reply_so_far(self, text: str) -> tuple[str, str | None]:
+        """The content and reasoning of an unfinished reply that a longer reply will only extend."""
+        if self.partial_reply is not None:
+            return self.partial_reply(text)
+        content, reasoning, _ = self.reply(text)
+        return content, reasoning
 
     def recognises(self, facts: FolderFacts) -> bool:
         return any(signature.matches(facts) for signature in self.detection)

@@ -60,6 +60,14 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
     )
 
 
+def partial_reply(text: str) -> tuple[str, str | None]:
+    """An unfinished reply is shown once its first line is known to be empty (a plain answer); a name on the first
+    line may still become a call, so nothing is shown until the reply is complete."""
+    if text.startswith("\n"):
+        return text.strip(), None
+    return "", None
+
+
 _TOOLS_INTRO = (
     "\n你是一个名为 GLM-4 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
     "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
@@ -166,4 +174,5 @@ FAMILY = Family(
     original=ORIGINAL,
     tiny=TINY,
     parse_reply=parse_reply,
+    partial_reply=partial_reply,
 )

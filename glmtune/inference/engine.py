@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmtune.checkpoints.load import Loaded
-from glmtune.data.render import render_conversation
-from glmtune.families import Message
-from glmtune.inference.generation import stop_token_ids
+from glmtune.data.render import Rendered, render_conversation
+from glmtune.families import Message, RenderOptions
+from glmtune.inference.generation import Reply, parse, stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,19 @@ class Engine:
         config = self.loaded.model.config
         return int(getattr(config, "max_position_embeddings", 0) or getattr(config, "seq_length", 0) or 2048)
 
-    def prompt(self, messages: Sequence[Message]) -> list[int]:
+    def prompt(self, messages: Sequence[Message], options: RenderOptions = RenderOptions()) -> Rendered:
         """The family's inference prompt for `messages` (the renderer `chat` and `eval` use)."""
         loaded = self.loaded
-        return render_conversation(messages, loaded.family, loaded.tokenizer, add_generation_prompt=True).ids
+        return render_conversation(
+            messages, loaded.family, loaded.tokenizer, add_generation_prompt=True, options=options
+        )
+
+    def reply(self, prompt: Rendered, text: str, tools: Sequence = ()) -> Reply:
+        return parse(self.loaded.family, prompt.opening, text, tools)
+
+    def reply_so_far(self, prompt: Rendered, text: str) -> tuple[str, str]:
+        content, reasoning = self.loaded.family.reply_so_far(prompt.opening + text)
+        return content or "", reasoning or ""
 
     @property
     def has_adapter(self) -> bool:

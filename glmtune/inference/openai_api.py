@@ -7,11 +7,12 @@ every problem is an `ApiError`: an OpenAI-style JSON error body with a 4xx statu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from glmtune.families import Family, Message
+from glmtune.families import Message, RenderOptions, ToolCall
 
 
 class ApiError(Exception):
@@ -40,7 +41,7 @@ class FunctionCall(_Strict):
     arguments: str  # a JSON object, as the OpenAI API sends it
 
 
-class ToolCall(_Strict):
+class CallEntry(_Strict):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -55,7 +56,7 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[CallEntry] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
@@ -129,24 +130,31 @@ def parse_request(body: bytes, model_id: str) -> ChatRequest:
     return chat
 
 
-def to_conversation(chat: ChatRequest, family: Family) -> list[Message]:
-    """The request's messages as glmtune messages for `family`'s renderer (tools dropped with tool_choice none)."""
+def to_conversation(chat: ChatRequest) -> list[Message]:
+    """The request's messages as glmtune messages (tool results are observations, developer is system)."""
     messages = []
     for index, message in enumerate(chat.messages):
-        content = _text(message.content)
         role = {"developer": "system", "tool": "observation"}.get(message.role, message.role)
-        metadata = ""
-        if message.tool_calls:
-            if len(message.tool_calls) > 1:
-                raise ApiError(
-                    400,
-                    f"messages.{index}.tool_calls: several calls in one message are not supported",
-                    param=f"messages.{index}.tool_calls",
-                )
-            call = message.tool_calls[0].function
-            _arguments(call.arguments, f"messages.{index}.tool_calls.0.function.arguments")
-            metadata, content = call.name, call.arguments
-        messages.append(Message(role, content, metadata))
+        calls = tuple(
+            ToolCall(
+                call.function.name,
+                _arguments(
+                    call.function.arguments, f"messages.{index}.tool_calls.{number}.function.arguments"
+                ),
+            )
+            for number, call in enumerate(message.tool_calls or ())
+        )
+        if calls and role != "assistant":
+            raise ApiError(
+                400,
+                f"messages.{index}.tool_calls: only assistant messages carry tool calls",
+                param=f"messages.{index}.tool_calls",
+            )
+        messages.append(
+            Message(
+                role, _text(message.content), reasoning_content=message.reasoning_content, tool_calls=calls
+            )
+        )
     if messages[-1].role == "assistant":
         raise ApiError(
             400,
@@ -154,6 +162,22 @@ def to_conversation(chat: ChatRequest, family: Family) -> list[Message]:
             param="messages",
         )
     return messages
+
+
+def render_options(chat: ChatRequest) -> RenderOptions:
+    """The tools (none with tool_choice "none") and the thinking switches of `chat_template_kwargs`."""
+    tools = (
+        ()
+        if chat.tool_choice == "none"
+        else tuple(tool.model_dump(exclude_none=True) for tool in chat.tools or ())
+    )
+    kwargs = chat.chat_template_kwargs
+    options = RenderOptions(tools=tools)
+    if kwargs is not None and kwargs.enable_thinking is not None:
+        options = replace(options, enable_thinking=kwargs.enable_thinking)
+    if kwargs is not None and kwargs.clear_thinking is not None:
+        options = replace(options, clear_thinking=kwargs.clear_thinking)
+    return options
 
 
 def _text(content: str | list[TextPart] | None) -> str:

@@ -24,9 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from glmtune.data.render import Rendered
 from glmtune.errors import UsageError
 from glmtune.inference.engine import Completion, Engine, Sampling
-from glmtune.inference.openai_api import ApiError, ChatRequest, parse_request, to_conversation
+from glmtune.inference.openai_api import ApiError, ChatRequest, parse_request, render_options, to_conversation
 
 
 def create_app(
@@ -82,8 +83,8 @@ def create_app(
             return StreamingResponse(
                 _stream(engine, chat, prompt, sampling, model_id), media_type="text/event-stream"
             )
-        done = await asyncio.to_thread(engine.generate, prompt, sampling)
-        return _response(engine, done, len(prompt), model_id)
+        done = await asyncio.to_thread(engine.generate, prompt.ids, sampling)
+        return _response(engine, chat, prompt, done, model_id)
 
     return app
 
@@ -92,12 +93,13 @@ def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "glmtune"}
 
 
-def _prepare(engine: Engine, chat: ChatRequest, defaults: dict[str, Any]) -> tuple[list[int], Sampling]:
-    messages = to_conversation(chat, engine.loaded.family)
+def _prepare(engine: Engine, chat: ChatRequest, defaults: dict[str, Any]) -> tuple[Rendered, Sampling]:
+    messages = to_conversation(chat)
     try:
-        prompt = engine.prompt(messages)
+        rendered = engine.prompt(messages, render_options(chat))
     except UsageError as exc:
         raise ApiError(400, f"messages: {exc}", param="messages") from None
+    prompt = rendered.ids
     budget = chat.max_completion_tokens or chat.max_tokens or defaults.get("max_new_tokens", 256)
     if len(prompt) + 1 > engine.context_length:
         raise ApiError(
@@ -109,18 +111,20 @@ def _prepare(engine: Engine, chat: ChatRequest, defaults: dict[str, Any]) -> tup
     budget = min(budget, engine.context_length - len(prompt))
     stop = (chat.stop,) if isinstance(chat.stop, str) else tuple(chat.stop or ())
     sampling = Sampling(budget, chat.temperature, chat.top_p, stop, chat.seed, defaults)
-    return prompt, sampling
+    return rendered, sampling
 
 
-def _response(engine: Engine, done: Completion, prompt_tokens: int, model_id: str) -> dict[str, Any]:
-    message, finish = _message(engine, done)
+def _response(
+    engine: Engine, chat: ChatRequest, prompt: Rendered, done: Completion, model_id: str
+) -> dict[str, Any]:
+    message, finish = _message(engine, chat, prompt, done)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model_id,
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": _usage(prompt_tokens, done.completion_tokens),
+        "usage": _usage(len(prompt.ids), done.completion_tokens),
     }
 
 
@@ -132,9 +136,11 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _message(engine: Engine, done: Completion) -> tuple[dict[str, Any], str]:
+def _message(
+    engine: Engine, chat: ChatRequest, prompt: Rendered, done: Completion
+) -> tuple[dict[str, Any], str]:
     """The assistant message of a finished generation, split by the family's reply format."""
-    reply = engine.loaded.family.parse_reply(done.text)
+    reply = engine.reply(prompt, done.text, render_options(chat).tools)
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.reasoning_content:
         message["reasoning_content"] = reply.reasoning_content
@@ -153,7 +159,7 @@ def _message(engine: Engine, done: Completion) -> tuple[dict[str, Any], str]:
 
 
 async def _stream(
-    engine: Engine, chat: ChatRequest, prompt: list[int], sampling: Sampling, model_id: str
+    engine: Engine, chat: ChatRequest, prompt: Rendered, sampling: Sampling, model_id: str
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content/reasoning deltas as they are generated, the tool calls and the
     finish reason once the answer is complete, usage if asked for, then [DONE]."""
@@ -166,11 +172,12 @@ async def _stream(
         body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    def hand_over(text: str) -> None:
+        loop.call_soon_threadsafe(pieces.put_nowait, text)
+
     def work() -> None:
         try:
-            done = engine.generate(
-                prompt, sampling, on_text=lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)
-            )
+            done = engine.generate(prompt.ids, sampling, on_text=hand_over)
             loop.call_soon_threadsafe(pieces.put_nowait, done)
         except BaseException as exc:  # reported to the client as an error event; the server keeps serving
             loop.call_soon_threadsafe(pieces.put_nowait, exc)
@@ -185,10 +192,10 @@ async def _stream(
             break
         if isinstance(item, str):
             text += item
-            for delta in _partial_deltas(engine, text, sent):
+            for delta in _partial_deltas(engine, prompt, text, sent):
                 yield chunk(delta)
             continue
-        message, finish = _message(engine, item)
+        message, finish = _message(engine, chat, prompt, item)
         for key in ("reasoning_content", "content"):
             final = message.get(key) or ""
             if final.startswith(sent[key]) and len(final) > len(sent[key]):
@@ -202,22 +209,21 @@ async def _stream(
                 **base,
                 "created": int(time.time()),
                 "choices": [],
-                "usage": _usage(len(prompt), item.completion_tokens),
+                "usage": _usage(len(prompt.ids), item.completion_tokens),
             }
             yield f"data: {json.dumps(body)}\n\n"
         break
     yield "data: [DONE]\n\n"
 
 
-def _partial_deltas(engine: Engine, text: str, sent: dict[str, str]) -> list[dict[str, str]]:
-    """Deltas of the reasoning and the answer parsed from the text so far. A part that the parse of a longer text
-    no longer extends (e.g. what turns out to be a tool call) is not sent on; tool calls come with the last chunk."""
-    reply = engine.loaded.family.parse_reply(text, partial=True)
+def _partial_deltas(
+    engine: Engine, prompt: Rendered, text: str, sent: dict[str, str]
+) -> list[dict[str, str]]:
+    """Deltas of the reasoning and the answer of the text so far, as far as the family's format can tell them
+    apart before the reply is complete; tool calls come with the last chunk."""
+    content, reasoning = engine.reply_so_far(prompt, text)
     deltas = []
-    for key, value in (
-        ("reasoning_content", reply.reasoning_content or ""),
-        ("content", reply.content or ""),
-    ):
+    for key, value in (("reasoning_content", reasoning), ("content", content)):
         if value.startswith(sent[key]) and len(value) > len(sent[key]):
             deltas.append({key: value[len(sent[key]) :]})
             sent[key] = value

@@ -69,13 +69,13 @@ def answer(
     engine: Engine, messages: list[Message], sampling: Sampling, adapter: bool = True
 ) -> Iterator[str]:
     """The answer so far, growing as tokens arrive; the final one is the parsed reply's content."""
-    text = ""
-    for item in engine.stream(engine.prompt(messages), sampling, adapter=adapter):
+    text, prompt = "", engine.prompt(messages)
+    for item in engine.stream(prompt.ids, sampling, adapter=adapter):
         if isinstance(item, Completion):
-            yield engine.loaded.family.parse_reply(item.text).content
+            yield engine.reply(prompt, item.text).content
             return
         text += item
-        yield engine.loaded.family.parse_reply(text, partial=True).content
+        yield engine.reply_so_far(prompt, text)[0]
 
 
 def build_app(engine: Engine, *, compare_base: bool, labels: LabelFile | None, defaults: dict[str, Any]):
