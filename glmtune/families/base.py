@@ -317,6 +317,15 @@ def metadata_calls(messages: Sequence[Message], arguments_text: Callable[[ToolCa
     return expanded
 
 
+def metadata_partial_reply(text: str) -> tuple[str, str | None]:
+    """An unfinished reply in the metadata-line call format (GLM-4, ChatGLM3): a plain answer opens with an empty
+    metadata line, so it is shown once that newline is there; a name on the first line may still become a call,
+    so nothing is shown until the reply is complete."""
+    if text.startswith("\n"):
+        return text.strip(), None
+    return "", None
+
+
 def refuse_reasoning(messages: Sequence[Message], family: str) -> None:
     """Families without a reasoning format refuse `reasoning_content` rather than drop it."""
     for index, message in enumerate(messages):

@@ -19,6 +19,7 @@ from glmtune.families.base import (
     TokenizerSpec,
     ToolCall,
     metadata_calls,
+    metadata_partial_reply,
     refuse_reasoning,
     role_layout,
 )
@@ -58,14 +59,6 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
         None,
         [ToolCall(metadata.strip(), arguments if isinstance(arguments, dict) else {"value": arguments})],
     )
-
-
-def partial_reply(text: str) -> tuple[str, str | None]:
-    """An unfinished reply is shown once its first line is known to be empty (a plain answer); a name on the first
-    line may still become a call, so nothing is shown until the reply is complete."""
-    if text.startswith("\n"):
-        return text.strip(), None
-    return "", None
 
 
 _TOOLS_INTRO = (
@@ -174,5 +167,5 @@ FAMILY = Family(
     original=ORIGINAL,
     tiny=TINY,
     parse_reply=parse_reply,
-    partial_reply=partial_reply,
+    partial_reply=metadata_partial_reply,
 )

@@ -326,8 +326,8 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
 def partial_reply(text: str) -> tuple[str, str | None]:
     """Content and reasoning of an unfinished reply: an open think block is reasoning so far; content stops at the
     first `<tool_call>` (its calls are parsed once the reply is complete)."""
-    opened, _, after = text.partition("<think>")
-    if opened.strip() == "" and after and "</think>" not in after:
+    opened, marker, after = text.partition("<think>")
+    if marker and opened.strip() == "" and "</think>" not in after:
         return "", after.strip() or None
     content, reasoning, _ = parse_reply(text.split("<tool_call>")[0])
     return content, reasoning

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from glmtune.data.render import Rendered
 from glmtune.errors import UsageError
 from glmtune.inference.engine import Completion, Engine, Sampling
+from glmtune.inference.generation import Reply
 from glmtune.inference.openai_api import ApiError, ChatRequest, parse_request, render_options, to_conversation
 
 
@@ -140,7 +141,11 @@ def _message(
     engine: Engine, chat: ChatRequest, prompt: Rendered, done: Completion
 ) -> tuple[dict[str, Any], str]:
     """The assistant message of a finished generation, split by the family's reply format."""
-    reply = engine.reply(prompt, done.text, render_options(chat).tools)
+    return openai_message(engine.reply(prompt, done.text, render_options(chat).tools), done.finish_reason)
+
+
+def openai_message(reply: Reply, finish_reason: str) -> tuple[dict[str, Any], str]:
+    """A reply as an OpenAI assistant message (arguments as JSON text) and its finish reason."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.reasoning_content:
         message["reasoning_content"] = reply.reasoning_content
@@ -154,8 +159,7 @@ def _message(
             for call in reply.tool_calls
         ]
         message["content"] = reply.content or None
-    finish = "tool_calls" if reply.tool_calls else done.finish_reason
-    return message, finish
+    return message, "tool_calls" if reply.tool_calls else finish_reason
 
 
 async def _stream(
