@@ -143,6 +143,57 @@ def chat(
     run_chat(source, query=query, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
+class Engine(str, Enum):
+    auto = "auto"
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+@app.command(
+    epilog="Example: glmtune serve runs/demo-export --port 8000  (then point an OpenAI client at /v1)"
+)
+def serve(
+    source: SourceArg,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; other machines reach it only if you say so.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require Authorization: Bearer KEY on every request.")
+    ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="transformers runs here (CPU or GPU); vllm hands an export to vLLM.")
+    ] = Engine.auto,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id clients send; default: the folder name.")
+    ] = None,
+) -> None:
+    """Serve a run or an exported model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+    from glmtune.inference.serve import serve as run_server
+
+    run_server(source, host=host, port=port, api_key=api_key, engine=engine.value, model_name=model_name)
+
+
+@app.command(epilog="Example: glmtune web runs/demo --base --data data/labelled.jsonl")
+def web(
+    source: SourceArg,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; other machines reach it only if you say so.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 7860,
+    base: Annotated[
+        bool, typer.Option("--base", help="Also answer with the base model (a LoRA run).")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="A .jsonl file the Label tab appends new messages records to.")
+    ] = None,
+) -> None:
+    """A browser playground for the model and a page to write new training records (gradio)."""
+    from glmtune.inference.web import web as run_web
+
+    run_web(source, host=host, port=port, base=base, data=data)
+
+
 @app.command(name="eval", epilog="Example: glmtune eval runs/demo --recipe recipes/demo.toml")
 def evaluate(
     source: SourceArg,

@@ -75,10 +75,22 @@ def read_examples(
         for origin, record in _records(file):
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-            record = _fill(record, variables, origin)
-            messages = to_messages(record, file_format, origin, system)
-            examples.append(Example(messages, origin, read_tools(record, origin)))
+            examples.append(check_record(record, origin, file_format, variables, system))
     return examples
+
+
+def check_record(
+    record: Mapping[str, Any],
+    origin: str,
+    fmt: str = "auto",
+    variables: Mapping[str, str] | None = None,
+    system: str | None = None,
+) -> Example:
+    """One record as a training example, or the UsageError `prepare` would give for it."""
+    if fmt == "auto":
+        fmt = detect_format(record, origin)
+    filled = _fill(record, variables or {}, origin)
+    return Example(to_messages(filled, fmt, origin, system), origin, read_tools(filled, origin))
 
 
 def read_tools(record: Mapping[str, Any], origin: str) -> tuple[Mapping[str, Any], ...]:

@@ -25,6 +25,7 @@ class Rendered:
     ids: list[int]
     mask: list[bool]  # True where the token is a training target
     status: Literal["ok", "truncated", "dropped"] = "ok"
+    opening: str = ""  # the generation prompt's text that the reply continues (parse the reply with it)
 
 
 def special_token_id(tokenizer, name: str) -> int:
@@ -92,7 +93,7 @@ def render_conversation(
         trained = piece.train and (not mask_history or piece.turn == last_turn)
         ids.extend(piece_ids)
         mask.extend([trained] * len(piece_ids))
-    return Rendered(ids, mask)
+    return Rendered(ids, mask, opening="".join(piece.text for piece in pieces if piece.opens_reply))
 
 
 def render_sample(

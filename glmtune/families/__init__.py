@@ -30,16 +30,18 @@ from glmtune.families.base import (
     Message,
     OriginalLayout,
     Piece,
+    RenderOptions,
     Signature,
     TinySpec,
     TokenizerSpec,
+    ToolCall,
     WeightLayout,
     read_json,
 )
 
 __all__ = [
     "FAMILY_KEY", "ROLES", "Family", "FolderFacts", "Layout", "Message", "OriginalLayout", "Piece", "Signature",
-    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json",
+    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json", "RenderOptions", "ToolCall",
 ]  # fmt: skip
 
 _MODULES = (glm4, chatglm3, chatglm2, chatglm, glm4_5, glm4_7, glm5, glm5_2, glm5_3)

@@ -60,6 +60,7 @@ class Piece:
     train: bool = False
     turn: int = -1  # index of the assistant message this trained piece belongs to (for mask_history)
     appended: bool = False  # not in the template's text: the token that ends the conversation's last turn
+    opens_reply: bool = False  # generation prompt text the reply continues (e.g. `<think>`): parsed with it
 
 
 Layout = Callable[[Sequence[Message], RenderOptions], list[Piece]]
@@ -213,10 +214,28 @@ class Family:
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints
     fp16_safe: bool = False  # float16 training stays finite (the checkpoint was released and run in fp16)
     cannot_pack: str = ""  # why samples cannot share a training row (train.packing); empty: they can
+    # vLLM's OpenAI server flags for this family's replies ("" where vLLM has no parser for it)
+    vllm_tool_parser: str = ""
+    vllm_reasoning_parser: str = ""
     parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
+    # what can be shown of an unfinished reply: (content so far, reasoning so far); default: parse_reply's parts
+    partial_reply: Callable[[str], tuple[str, str | None]] | None = None
     register_architectures: Callable[[], None] | None = (
         None  # make glmtune's own classes known to the Auto classes
     )
+
+    def reply(
+        self, text: str, tools: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[str, str | None, list[ToolCall]]:
+        """(content, reasoning_content, tool_calls) of a generated reply (with its opening, see Piece)."""
+        return self.parse_reply(text, tools) if self.parse_reply else (text.strip(), None, [])
+
+    def reply_so_far(self, text: str) -> tuple[str, str | None]:
+        """The content and reasoning of an unfinished reply that a longer reply will only extend."""
+        if self.partial_reply is not None:
+            return self.partial_reply(text)
+        content, reasoning, _ = self.reply(text)
+        return content, reasoning
 
     def recognises(self, facts: FolderFacts) -> bool:
         return any(signature.matches(facts) for signature in self.detection)
@@ -297,6 +316,15 @@ def metadata_calls(messages: Sequence[Message], arguments_text: Callable[[ToolCa
             Message("assistant", arguments_text(call), metadata=call.name) for call in message.tool_calls
         ]
     return expanded
+
+
+def metadata_partial_reply(text: str) -> tuple[str, str | None]:
+    """An unfinished reply in the metadata-line call format (GLM-4, ChatGLM3): a plain answer opens with an empty
+    metadata line, so it is shown once that newline is there; a name on the first line may still become a call,
+    so nothing is shown until the reply is complete."""
+    if text.startswith("\n"):
+        return text.strip(), None
+    return "", None
 
 
 def refuse_reasoning(messages: Sequence[Message], family: str) -> None:

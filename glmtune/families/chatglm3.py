@@ -19,6 +19,7 @@ from glmtune.families.base import (
     TokenizerSpec,
     ToolCall,
     metadata_calls,
+    metadata_partial_reply,
     refuse_reasoning,
     role_layout,
 )
@@ -160,5 +161,6 @@ FAMILY = Family(
     original=ORIGINAL,
     tiny=TINY,
     parse_reply=parse_reply,
+    partial_reply=metadata_partial_reply,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )

@@ -19,6 +19,7 @@ from glmtune.families.base import (
     TokenizerSpec,
     ToolCall,
     metadata_calls,
+    metadata_partial_reply,
     refuse_reasoning,
     role_layout,
 )
@@ -166,4 +167,5 @@ FAMILY = Family(
     original=ORIGINAL,
     tiny=TINY,
     parse_reply=parse_reply,
+    partial_reply=metadata_partial_reply,
 )

@@ -66,4 +66,5 @@ FAMILY = Family(
     lora_targets={"glm4_moe": MOE_TARGETS, "glm4_moe_lite": MLA_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,
     parse_reply=think_xml.parse_reply,
+    partial_reply=think_xml.partial_reply,
 )

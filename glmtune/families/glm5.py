@@ -55,4 +55,5 @@ FAMILY = Family(
     lora_targets={"glm_moe_dsa": MLA_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,
     parse_reply=think_xml.parse_reply,
+    partial_reply=think_xml.partial_reply,
 )

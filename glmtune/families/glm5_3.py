@@ -56,4 +56,5 @@ FAMILY = Family(
     lora_targets={"glm5_next": MLA_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,
     parse_reply=think_xml.parse_reply,
+    partial_reply=think_xml.partial_reply,
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from glmtune.errors import UsageError
@@ -118,7 +118,10 @@ def layout(fmt: ThinkXmlFormat, messages: Sequence[Message], options: RenderOpti
         pieces.append(Piece(end, special=True, train=True, turn=previous_turn, appended=True))
     elif options.add_generation_prompt:
         think = fmt.prompt_think[0 if options.enable_thinking else 1]
-        pieces += [Piece("<|assistant|>", special=True), *_tagged(think)]
+        pieces += [
+            Piece("<|assistant|>", special=True),
+            *(replace(p, opens_reply=True) for p in _tagged(think)),
+        ]
     return _merged(pieces)
 
 
@@ -163,7 +166,7 @@ def _merged(pieces: list[Piece]) -> list[Piece]:
             and not piece.special
             and (last.train, last.turn) == (piece.train, piece.turn)
         ):
-            merged[-1] = Piece(last.text + piece.text, train=last.train, turn=last.turn)
+            merged[-1] = replace(last, text=last.text + piece.text)
         else:
             merged.append(piece)
     return merged
@@ -316,6 +319,16 @@ def parse_reply(text: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str
     calls = [_parse_call(body, tools) for body in _CALL.findall(text)]
     content = _CALL.sub("", text).strip()
     return content, reasoning or None, calls
+
+
+def partial_reply(text: str) -> tuple[str, str | None]:
+    """Content and reasoning of an unfinished reply: an open think block is reasoning so far; content stops at the
+    first `<tool_call>` (its calls are parsed once the reply is complete)."""
+    opened, marker, after = text.partition("<think>")
+    if marker and opened.strip() == "" and "</think>" not in after:
+        return "", after.strip() or None
+    content, reasoning, _ = parse_reply(text.split("<tool_call>")[0])
+    return content, reasoning
 
 
 def _parse_call(body: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall:
