@@ -241,8 +241,7 @@ def serve(
     an exported folder to vLLM's own OpenAI server)."""
     from glmtune.checkpoints.export import generation_kwargs
     from glmtune.checkpoints.load import load_for_inference
-    from glmtune.console import quiet_libraries
-    from glmtune.console import term
+    from glmtune.console import quiet_libraries, term
     from glmtune.rundir import is_run_dir, run_recipe
 
     if engine == "vllm":

@@ -189,8 +189,7 @@ def _last(labels: LabelFile, count: int = 5) -> list[dict[str, Any]]:
 def web(source: Path, *, host: str, port: int, base: bool, data: Path | None) -> None:
     from glmtune.checkpoints.export import generation_kwargs
     from glmtune.checkpoints.load import load_for_inference
-    from glmtune.console import quiet_libraries
-    from glmtune.console import term
+    from glmtune.console import quiet_libraries, term
     from glmtune.rundir import is_run_dir, run_recipe
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
