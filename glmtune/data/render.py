@@ -14,7 +14,7 @@ from typing import Any, Literal
 from rich.markup import escape
 
 from glmtune.errors import UsageError
-from glmtune.families import Family, Message
+from glmtune.families import Family, Message, without_reasoning
 from glmtune.families.base import RenderOptions
 
 Thinking = Literal["template", "keep", "off"]
@@ -50,15 +50,6 @@ def thinking_options(
     if thinking == "off":
         messages = [without_reasoning(m) for m in messages]
     return list(messages), options
-
-
-def without_reasoning(message: Message) -> Message:
-    """The message with its reasoning removed: the field, and an inline `<think>…</think>` in the content (cut
-    where the templates cut it, at the last `</think>`)."""
-    content = message.content
-    if message.role == "assistant" and "</think>" in content:
-        content = content.split("</think>")[-1].lstrip("\n")
-    return replace(message, content=content, reasoning_content=None)
 
 
 def stop_token_ids(family: Family, tokenizer) -> list[int]:

@@ -37,11 +37,12 @@ from glmtune.families.base import (
     ToolCall,
     WeightLayout,
     read_json,
+    without_reasoning,
 )
 
 __all__ = [
     "FAMILY_KEY", "ROLES", "Family", "FolderFacts", "Layout", "Message", "OriginalLayout", "Piece", "Signature",
-    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json", "RenderOptions", "ToolCall",
+    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json", "RenderOptions", "ToolCall", "without_reasoning",
 ]  # fmt: skip
 
 _MODULES = (glm4, chatglm3, chatglm2, chatglm, glm4_5, glm4_7, glm5, glm5_2, glm5_3)

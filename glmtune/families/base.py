@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,15 @@ def metadata_partial_reply(text: str) -> tuple[str, str | None]:
     if text.startswith("\n"):
         return text.strip(), None
     return "", None
+
+
+def without_reasoning(message: Message) -> Message:
+    """The message with its reasoning removed (the GLM-4.5+ think format; `[data] thinking = "off"`): the field, and an inline `<think>…</think>` in the content (cut
+    where the templates cut it, at the last `</think>`)."""
+    content = message.content
+    if message.role == "assistant" and "</think>" in content:
+        content = content.split("</think>")[-1].lstrip("\n")
+    return replace(message, content=content, reasoning_content=None)
 
 
 def refuse_reasoning(messages: Sequence[Message], family: str) -> None:
