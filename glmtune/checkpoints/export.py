@@ -4,9 +4,9 @@ LoRA is merged into the base reloaded at full precision (never into quantized we
 safetensors, the tokenizer with its chat template (padding on the left, loadable by transformers 4.57 and 5), a
 generation_config.json with the family's stop tokens and the recipe's [generation] settings, a model card
 (templates/model_card.md), and `modeling_glmtune_chat.py` (templates/) so the ChatGLM snippet
-`AutoModel.from_pretrained(out, trust_remote_code=True).chat(tokenizer, query, history)` works too. A model whose class transformers does not ship
-(glmtune's ChatGLM-6B v1 port) takes its module file along as remote code, with config.json's auto_map pointing the
-Auto classes at it. Everything is written to a temporary folder and renamed into place only after the reloaded
+`AutoModel.from_pretrained(out, trust_remote_code=True).chat(tokenizer, query, history)` works too. A model whose
+class transformers does not ship (glmtune's ChatGLM-6B v1 port) takes its module file along as remote code, with
+config.json's auto_map pointing the Auto classes at it. Everything is written to a temporary folder and renamed into place only after the reloaded
 export's logits matched base + adapter.
 
 `--layout original` (for a run whose base is an original remote-code ChatGLM2/3 / GLM-4-9B-chat folder) writes the
@@ -38,12 +38,10 @@ from glmtune.recipe import GenerationSection, Recipe
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
 CHAT_MODULE = "modeling_glmtune_chat"  # templates/modeling_glmtune_chat.py, the `model.chat()` shim
-TEMPLATE_BASE_IMPORT = (
-    "from transformers import PreTrainedModel as BaseModel"  # replaced by the model's class
-)
-TRANSFORMERS_4_CHECKED = (
-    "4.57.1"  # exported tokenizers and models also load there (tests/test_export.py, slow)
-)
+# The shim's import line that export replaces with the exported model's class.
+TEMPLATE_BASE_IMPORT = "from transformers import PreTrainedModel as BaseModel"
+# Exported tokenizers and models load there too, with the same ids and answers (tests/test_export.py, slow tier).
+TRANSFORMERS_4_CHECKED = "4.57.1"
 PROBE_SAMPLES = 3  # training samples whose logits the export must reproduce
 LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
 LAYOUTS = ("native", "original")  # transformers' own class | the base's remote-code ChatGLM parameter names

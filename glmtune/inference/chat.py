@@ -44,9 +44,8 @@ def _settings(loaded: Loaded, max_new_tokens: int | None, temperature: float | N
     settings: dict[str, Any] = {}
     if loaded.run is not None:
         settings = generation_kwargs(run_recipe(loaded.source).generation)
-    elif (
-        loaded.model.generation_config.max_new_tokens is None
-    ):  # else generate() would stop at max_length (20)
+    elif loaded.model.generation_config.max_new_tokens is None:
+        # A folder glmtune did not export may set no limit, and generate() would stop at its max_length of 20.
         settings["max_new_tokens"] = GenerationSection().max_new_tokens
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
