@@ -111,7 +111,7 @@ class HeadLoss:
                 f"{type(head).__name__} is not a bias-free Linear head; use train.loss = 'plain'"
             )
         self.head, self.kind = head, kind
-        self.hidden: Any = None  # the head's input of the last training forward
+        self.hidden: Any = None  # the states the last training forward handed the head
         self.handle = head.register_forward_pre_hook(self._keep_hidden)
 
     def _keep_hidden(self, module, args: tuple[Any, ...]):
