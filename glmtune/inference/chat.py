@@ -28,7 +28,7 @@ def chat(
 ) -> None:
     quiet_libraries()
     loaded = load_for_inference(source)
-    settings = _settings(loaded, max_new_tokens, temperature)
+    settings = generation_settings(loaded, max_new_tokens, temperature)
     if query is not None:
         messages = _with_system(system, [Message("user", query)])
         term.out(
@@ -38,7 +38,9 @@ def chat(
     repl(loaded, settings, system)
 
 
-def _settings(loaded: Loaded, max_new_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+def generation_settings(
+    loaded: Loaded, max_new_tokens: int | None, temperature: float | None
+) -> dict[str, Any]:
     """generate() settings: the run's recipe [generation], or an exported folder's generation_config.json (which
     generate() reads itself), then the flags."""
     settings: dict[str, Any] = {}

@@ -58,6 +58,11 @@ class Engine:
         self._turn = threading.Lock()
 
     @property
+    def default_max_new_tokens(self) -> int:
+        """The folder's generation_config.json limit, as `chat` uses it."""
+        return int(getattr(self.loaded.model.generation_config, "max_new_tokens", None) or 256)
+
+    @property
     def context_length(self) -> int:
         config = self.loaded.model.config
         return int(getattr(config, "max_position_embeddings", 0) or getattr(config, "seq_length", 0) or 2048)

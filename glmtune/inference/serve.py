@@ -101,7 +101,12 @@ def _prepare(engine: Engine, chat: ChatRequest, defaults: dict[str, Any]) -> tup
     except UsageError as exc:
         raise ApiError(400, f"messages: {exc}", param="messages") from None
     prompt = rendered.ids
-    budget = chat.max_completion_tokens or chat.max_tokens or defaults.get("max_new_tokens", 256)
+    budget = (
+        chat.max_completion_tokens
+        or chat.max_tokens
+        or defaults.get("max_new_tokens")
+        or engine.default_max_new_tokens
+    )
     if len(prompt) + 1 > engine.context_length:
         raise ApiError(
             400,
@@ -239,10 +244,9 @@ def serve(
 ) -> None:
     """Load the model and serve it until interrupted (`engine` "auto" and "transformers" run here; "vllm" hands
     an exported folder to vLLM's own OpenAI server)."""
-    from glmtune.checkpoints.export import generation_kwargs
     from glmtune.checkpoints.load import load_for_inference
     from glmtune.console import quiet_libraries, term
-    from glmtune.rundir import is_run_dir, run_recipe
+    from glmtune.inference.chat import generation_settings
 
     if engine == "vllm":
         from glmtune.inference.vllm import run_vllm
@@ -251,7 +255,7 @@ def serve(
         return
     quiet_libraries()
     loaded = load_for_inference(source)
-    defaults = generation_kwargs(run_recipe(source).generation) if is_run_dir(source) else {}
+    defaults = generation_settings(loaded, None, None)
     model_id = model_name or source.resolve().name
     app = create_app(Engine(loaded), model_id, api_key, defaults)
     import uvicorn

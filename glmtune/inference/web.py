@@ -187,10 +187,9 @@ def _last(labels: LabelFile, count: int = 5) -> list[dict[str, Any]]:
 
 
 def web(source: Path, *, host: str, port: int, base: bool, data: Path | None) -> None:
-    from glmtune.checkpoints.export import generation_kwargs
     from glmtune.checkpoints.load import load_for_inference
     from glmtune.console import quiet_libraries, term
-    from glmtune.rundir import is_run_dir, run_recipe
+    from glmtune.inference.chat import generation_settings
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     labels = LabelFile(data) if data is not None else None
@@ -201,7 +200,7 @@ def web(source: Path, *, host: str, port: int, base: bool, data: Path | None) ->
         raise UsageError(
             f"--base: {source} is not a LoRA run directory; the base comparison switches its adapter off"
         )
-    defaults = generation_kwargs(run_recipe(source).generation) if is_run_dir(source) else {}
+    defaults = generation_settings(loaded, None, None)
     app = build_app(engine, compare_base=base, labels=labels, defaults=defaults)
     term.ok(f"glmtune web on http://{host}:{port} (Ctrl-C stops)")
     app.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
