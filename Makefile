@@ -20,11 +20,11 @@ define install_into
 	else \
 		echo "no CUDA: installing the CPU torch build ($(TORCH_CPU))"; $(1)/bin/pip install -q $(2) '$(TORCH_CPU)'; \
 	fi
-	$(1)/bin/pip install -q $(2) -e '.[dev,deepspeed,quant]'
+	$(1)/bin/pip install -q $(2) -e '.[dev,deepspeed,quant,serve,web]'
 	@$(1)/bin/glmtune --help >/dev/null && echo "installed: $(1)/bin/glmtune"
 endef
 
-.PHONY: install test test-latest lock test-slow test-deepspeed test-gpu lint format demo bench arch clean
+.PHONY: install test test-latest lock test-slow test-deepspeed test-browser test-gpu lint format demo bench arch clean
 
 install:
 	$(call install_into,$(VENV),-c $(CONSTRAINTS))
@@ -50,6 +50,10 @@ test-slow:
 
 test-deepspeed:
 	$(BIN)/python -m pytest -q -m deepspeed
+
+# glmtune web in a real browser: Debian's Chromium (apt-get install -y chromium), driven by playwright.
+test-browser:
+	$(BIN)/python -m pytest -q -m browser
 
 test-gpu:
 	$(BIN)/python -m pytest -q -m gpu  # skips cleanly without CUDA; "no tests collected" (exit 5) is a failure

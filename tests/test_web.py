@@ -107,12 +107,15 @@ def _bot_text(page) -> str:
 
 def test_playground_answer_equals_chat_query(page, tiny_dir):
     expected = subprocess.run(
-        [sys.executable, "-m", "glmtune.cli", "chat", str(tiny_dir), "--query", QUESTION],
+        [sys.executable, "-m", "glmtune.cli", "chat", str(tiny_dir), "--query", QUESTION, "--max-new-tokens", "24"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
+    budget = page.locator("#max-new-tokens input[type=number]")
+    budget.fill("24")
+    budget.press("Enter")
     page.fill("#message textarea", QUESTION)
     page.press("#message textarea", "Enter")
-    deadline, seen, stable = time.monotonic() + 120, "", 0
+    deadline, seen, stable = time.monotonic() + 300, "", 0
     while time.monotonic() < deadline and stable < 6:
         time.sleep(0.5)
         text = _bot_text(page)

@@ -171,14 +171,14 @@ class _TextPieces:
     def end(self) -> None:
         self._flush(final=True)
 
-    def text(self) -> str:
+    def text(self, final: bool = False) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        return (
-            text[: len(text) - 1] if text.endswith("\ufffd") else text
-        )  # an unfinished multi-byte character
+        if not final and text.endswith("\ufffd"):  # perhaps a multi-byte character the next token finishes
+            return text[:-1]
+        return text
 
     def _flush(self, final: bool) -> None:
-        text = self.text()
+        text = self.text(final)
         cut = min((text.find(s) for s in self.stop if s in text), default=-1)
         if cut >= 0:
             text, final, self.ended_by = text[:cut], True, "stop"
@@ -188,7 +188,7 @@ class _TextPieces:
         self.sent = max(self.sent, safe)
 
     def completion(self, max_new_tokens: int) -> Completion:
-        text = self.text()
+        text = self.text(final=True)
         cut = min((text.find(s) for s in self.stop if s in text), default=-1)
         if cut >= 0:
             text = text[:cut]
