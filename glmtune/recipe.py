@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from glmtune.errors import UsageError
 
@@ -103,7 +111,9 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(10, gt=0, le=MAX_COUNT)
-    eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)  # None: once per epoch when there is an eval split
+    eval_steps: int | None = Field(
+        None, gt=0, le=MAX_COUNT
+    )  # None: once per epoch when there is an eval split
     save_steps: int | None = Field(None, gt=0, le=MAX_COUNT)  # None: save once per epoch
     save_total_limit: int = Field(2, gt=0, le=MAX_COUNT)
     keep_best: StrictBool = False  # reload the checkpoint with the lowest eval loss at the end
@@ -121,7 +131,9 @@ ZERO_PRESETS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 class LaunchSection(Section):
     strategy: Literal["single", "deepspeed"] = "single"  # deepspeed: ZeRO over processes/GPUs/nodes
     zero: str = "zero2"  # a preset (zero2, zero2_offload, zero3, zero3_offload) or a DeepSpeed JSON file
-    processes_per_node: int = Field(1, gt=0, le=1024)  # GPUs per node (on a CPU-only machine: worker processes)
+    processes_per_node: int = Field(
+        1, gt=0, le=1024
+    )  # GPUs per node (on a CPU-only machine: worker processes)
     nodes: int = Field(1, gt=0, le=65536)
     hostfile: str | None = None  # DeepSpeed hostfile, required when nodes > 1
     master_addr: str = "127.0.0.1"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.checkpoints.integrity import check_model_folder, trained_run
 from glmtune.errors import UsageError
 from glmtune.families import Family, detect_family, get_family
 from glmtune.rundir import is_run_dir, read_run
@@ -62,6 +63,7 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
         )
     if not (folder / "config.json").is_file():
         raise UsageError(f"{key}: {path} has no config.json; it is not a model folder")
+    check_model_folder(folder)
     return folder
 
 
@@ -97,7 +99,9 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family
         tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
     else:
         register_ports()  # AutoTokenizer reads config.json through AutoConfig
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, local_files_only=True
+        )
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -137,6 +141,7 @@ def load_model(
         trust_remote_code=trust_remote_code,
         use_safetensors=has_safetensors,
         quantization_config=quantization_config,
+        local_files_only=True,
     )
 
 
@@ -151,7 +156,7 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     register_ports()
     if is_original_folder(folder):
         return loading_config(original_config(folder))
-    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 def lora_target_modules(model, family: Family, requested: list[str] | str) -> list[str]:
@@ -207,11 +212,13 @@ def _load_for_inference(source: Path, *, dtype: str, merge: bool) -> Loaded:
     if not source.is_dir():
         raise UsageError(f"{source}: not found; give a glmtune run directory or an exported model folder")
     if is_run_dir(source):
+        trained_run(source)
         return _load_run(source, dtype=dtype, merge=merge)
     if not (source / "config.json").is_file():
         raise UsageError(
             f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
         )
+    check_model_folder(source)
     family = detect_family(source)
     model = load_model(source, dtype=dtype)
     model.eval()
@@ -242,13 +249,17 @@ def base_model_folder(run: dict[str, Any]) -> Path:
 
 
 def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, merge: bool):
+    """Base + the run's adapter; the loading switches come from the run's recipe.toml, never from run.json."""
     from peft import PeftModel
 
+    from glmtune.rundir import run_recipe
+
+    switches = run_recipe(run_dir).model
     base = load_model(
         base_model_folder(run),
         dtype=dtype,
-        allow_pickle=run.get("allow_pickle", False),
-        trust_remote_code=run.get("trust_remote_code", False),
+        allow_pickle=switches.allow_pickle,
+        trust_remote_code=switches.trust_remote_code,
     )
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    model = PeftModel.from_pretrained(base, run_dir / "adapter", local_files_only=True)
     return model.merge_and_unload() if merge else model

@@ -26,7 +26,7 @@ from glmtune.checkpoints.convert import (
 from glmtune.errors import UsageError
 from glmtune.families import FAMILY_KEY, Family, detect_family, get_family, is_chatglm6b_config, read_json
 from glmtune.families import modeling_chatglm6b as chatglm6b
-from glmtune.rundir import staged_dir
+from glmtune.rundir import claim_output, staged_dir
 
 # Files of an original checkpoint that describe it beside the weights: copied into an original-layout export so
 # the original tools (and their remote code, on the transformers versions it supports) load it as before.
@@ -120,7 +120,9 @@ def stamp_native(model, tokenizer, family: Family, generation: dict[str, Any] | 
     )
 
 
-def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False) -> Path:
+def convert_checkpoint(
+    source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False, overwrite: bool = False
+) -> Path:
     """`glmtune convert`: an original-layout folder -> a native folder (safetensors, tokenizer, stop tokens),
     written beside `out` and renamed into place once every tensor read back bit-identical."""
     if not is_original_folder(source):
@@ -128,6 +130,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
             f"{source / 'config.json'}: not an original-layout ChatGLM checkpoint (model_type 'chatglm'); "
             "nothing to convert"
         )
+    out = claim_output(out, "convert", overwrite=overwrite)
     from glmtune.checkpoints.load import quiet_libraries
 
     quiet_libraries()
@@ -136,7 +139,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
     tokenizer = load_original_tokenizer(source, chosen)
     model = load_original_model(source, dtype=_torch_dtype(dtype), allow_pickle=allow_pickle)
     stamp_native(model, tokenizer, chosen)
-    with staged_dir(out) as staging:
+    with staged_dir(out, kind="convert") as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _check_written(staging, model.state_dict())

@@ -151,9 +151,11 @@ def prepare_run(recipe, show: int = 0) -> Prepared:
     from glmtune.checkpoints.load import family_for, load_tokenizer, quiet_libraries, resolve_model_path
     from glmtune.console import term
     from glmtune.data.render import show as render_markup
-    from glmtune.rundir import run_dir_of
+    from glmtune.rundir import claim_output, note_run_dir, run_dir_of
 
     quiet_libraries()
+    note_run_dir(run_dir_of(recipe))
+    claim_output(run_dir_of(recipe), "run", overwrite=True, what="run directory")
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)

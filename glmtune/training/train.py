@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from glmtune.checkpoints.integrity import check_deepspeed_json
 from glmtune.checkpoints.load import (
     family_for,
     load_model,
@@ -25,13 +26,15 @@ from glmtune.checkpoints.load import (
     torch_dtype,
 )
 from glmtune.console import progress_callback, term
-from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
+from glmtune.data.prepare import IGNORE_INDEX, Prepared, data_fingerprint, prepare_data, stats_rows
 from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe
 from glmtune.rundir import (
+    claim_run_dir,
     new_run_info,
     replace_dir,
+    run_attempt,
     run_dir_of,
     staged_dir,
     update_run,
@@ -56,44 +59,49 @@ from glmtune.training.launch import (
 )
 
 
-def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Path:
+def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
     quiet_libraries()
     run_dir = run_dir_of(recipe)
+    if not dry_run:
+        claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
     base = resolve_model_path(recipe.model.path)
     family = family_for(base, recipe.model.family)
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     check_precision(recipe, family)
+    check_deepspeed_json(recipe)
     launch = plan_launch(recipe, run_dir, resume)
     if dry_run:
         show_plan(recipe, base, family, tokenizer, launch)
         return run_dir
     check_plan(recipe, base, family)
     if resume:
-        check_resumable(run_dir, recipe)
-    prepared = _prepare_into(run_dir, recipe, family, tokenizer)
-    if not resume:
-        write_recipe(run_dir, recipe)
-        write_run(run_dir, new_run_info(recipe, family.name, base) | _loading_flags(recipe))
-    if launch.command:
-        workers = recipe.launch.processes_per_node * recipe.launch.nodes
-        term.step(f"launching {workers} DeepSpeed workers ({recipe.launch.zero})")
-        run_workers(launch)
-    else:
-        train_here(recipe, run_dir, resume, prepared)
+        check_resumable(run_dir, recipe, family, tokenizer)
+    keep = has_complete_checkpoint(run_dir)
+    with run_attempt(run_dir, replace=overwrite and not resume, keep_if=keep):
+        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+        term.table("data", *stats_rows(prepared.stats))
+        if not resume:
+            write_recipe(run_dir, recipe)
+            write_run(
+                run_dir,
+                new_run_info(recipe, family.name, base) | {"data_fingerprint": _fingerprint(prepared)},
+            )
+        if launch.command:
+            workers = recipe.launch.processes_per_node * recipe.launch.nodes
+            term.step(f"launching {workers} DeepSpeed workers ({recipe.launch.zero})")
+            run_workers(launch)
+        else:
+            train_here(recipe, run_dir, resume, prepared)
     return run_dir
 
 
-def _prepare_into(run_dir: Path, recipe: Recipe, family: Family, tokenizer) -> Prepared:
-    """Prepare the data before anything else is written; a data error leaves no new run folder behind."""
-    created = not run_dir.exists()
-    try:
-        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
-    except UsageError:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    term.table("data", *stats_rows(prepared.stats))
-    return prepared
+def has_complete_checkpoint(run_dir: Path):
+    """A predicate for `run_attempt`: a failed run is worth keeping once it has something to resume from."""
+    return lambda: latest_complete_checkpoint(run_dir / "checkpoints")[0] is not None
+
+
+def _fingerprint(prepared: Prepared) -> str:
+    return (prepared.folder / "fingerprint.txt").read_text(encoding="utf-8").strip()
 
 
 def check_precision(recipe: Recipe, family: Family) -> None:
@@ -119,9 +127,9 @@ def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
         )
 
 
-def check_resumable(run_dir: Path, recipe: Recipe) -> None:
-    """A resume continues the same run: the recipe must be the one the run directory recorded."""
-    from glmtune.rundir import run_recipe
+def check_resumable(run_dir: Path, recipe: Recipe, family: Family, tokenizer) -> None:
+    """A resume continues the same run: the recipe and the data must be the ones the run directory recorded."""
+    from glmtune.rundir import read_run, run_recipe
 
     if not (run_dir / "recipe.toml").is_file():
         raise UsageError(f"{run_dir}: no run to resume here; start it without --resume")
@@ -131,6 +139,12 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
     if changed:
         raise UsageError(
             f"{run_dir}: --resume needs the recipe the run started with; changed: {', '.join(changed)}"
+        )
+    started_on = read_run(run_dir).get("data_fingerprint")
+    if started_on and data_fingerprint(recipe.data, family, tokenizer) != started_on:
+        raise UsageError(
+            f"{run_dir}: the training data changed since this run started (fingerprint {started_on[:12]}); "
+            "--resume continues on the same data: restore it, or start a new run (another run.name or --overwrite)"
         )
     checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
@@ -147,10 +161,6 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _loading_flags(recipe: Recipe) -> dict[str, Any]:
-    return {"allow_pickle": recipe.model.allow_pickle, "trust_remote_code": recipe.model.trust_remote_code}
 
 
 def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Prepared | None = None) -> None:
@@ -178,7 +188,9 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
     model = apply_method(model, recipe, family)
     if args.process_index == 0:
         update_run(run_dir, status="training")
-    trainer = fit(model, tokenizer, prepared, args, run_dir, resume)
+    trainer = fit(
+        model, tokenizer, prepared, args, run_dir, resume, keep_checkpoints=recipe.train.save_total_limit
+    )
     save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
 
 
@@ -252,7 +264,8 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         eval_steps=t.eval_steps,
         save_strategy=save_strategy,
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # CheckpointMarker rotates, after the newer checkpoint is complete
+        logging_nan_inf_filter=False,  # the NaN watchdog must see the raw loss
         load_best_model_at_end=t.keep_best,
         metric_for_best_model="eval_loss" if t.keep_best else None,
         greater_is_better=False if t.keep_best else None,
@@ -282,13 +295,15 @@ def collator(tokenizer, fixed_length: int | None = None):
                                   label_pad_token_id=IGNORE_INDEX, return_tensors="pt")  # fmt: skip
 
 
-def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False):
+def fit(
+    model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False, keep_checkpoints: int = 2
+):
     """Run the Trainer with glmtune's callbacks; the progress bar is closed even when training fails."""
     from transformers import PrinterCallback, Trainer
 
     progress = progress_callback()
     callbacks = [progress, MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
-                 NanWatchdog(), CheckpointMarker()]  # fmt: skip
+                 NanWatchdog(), CheckpointMarker(keep=keep_checkpoints)]  # fmt: skip
     trainer = Trainer(
         model=model,
         args=args,
