@@ -7,7 +7,7 @@ TORCH_CPU ?= torch==2.13.0
 # DeepSpeed compiles its C++ ops on first use (~50 s each); keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-slow test-deepspeed test-gpu lint format demo bench clean
+.PHONY: install test test-slow test-deepspeed test-gpu lint format demo bench arch clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ demo:
 
 bench:
 	$(BIN)/python -m glmtune.bench
+
+# Import floors, arrows, circles, long modules and functions, `# fmt: skip` (tests/test_architecture.py holds the layers).
+arch:
+	$(BIN)/python tools/arch_report.py
 
 clean:
 	rm -rf runs .cache .pytest_cache

@@ -22,7 +22,7 @@ COPIES = 8
 
 
 def main() -> None:
-    from glmtune.checkpoints.load import quiet_libraries
+    from glmtune.console import quiet_libraries
 
     quiet_libraries()
     _run("dynamic")  # warm-up: first-call costs (allocator, kernels) would otherwise land on the first mode
@@ -42,10 +42,11 @@ def _run(mode: str) -> dict[str, float]:
 
     from transformers import PrinterCallback, Trainer
 
-    from glmtune.checkpoints.load import family_for, load_model, load_tokenizer, resolve_model_path
+    from glmtune.checkpoints.load import open_base
     from glmtune.data.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
-    from glmtune.training.train import apply_method, collator, training_arguments
+    from glmtune.training.method import apply_method
+    from glmtune.training.train import collator, training_arguments
 
     root = Path(__file__).resolve().parents[1]
     recipe = recipe_from_dict({
@@ -53,13 +54,11 @@ def _run(mode: str) -> dict[str, float]:
         "data": {"train": [str(root / "data" / "multiturn.jsonl")] * COPIES, "max_length": MAX_LENGTH},
         "train": {"max_steps": STEPS, "batch_size": 8, "logging_steps": STEPS, "group_by_length": "group" in mode},
     }, where="bench")  # fmt: skip
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base)
-    tokenizer = load_tokenizer(base, family=family)
+    base = open_base(recipe.model)
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
-        model = apply_method(load_model(base), recipe, family, quiet=True)
-        counter = _PaddingCounter(collator(tokenizer, MAX_LENGTH if mode.startswith("fixed") else None))
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, Path(scratch) / "data")
+        model = apply_method(base.load_model(), recipe, base.family, quiet=True)
+        counter = _PaddingCounter(collator(base.tokenizer, MAX_LENGTH if mode.startswith("fixed") else None))
         args = training_arguments(recipe, Path(scratch) / "checkpoints", has_eval=False)
         args.save_strategy = "no"
         trainer = Trainer(

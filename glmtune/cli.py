@@ -72,7 +72,7 @@ def prepare(
     show: Annotated[int, typer.Option(help="Print N samples with trained tokens in green.")] = 0,
 ) -> None:
     """Tokenize the recipe's data into its run directory (reused by train when unchanged)."""
-    from glmtune.data.prepare import prepare_run
+    from glmtune.training.train import prepare_run
 
     prepare_run(_recipe(recipe, set_), show=show)
 

@@ -1,6 +1,7 @@
 """The one object that talks to the terminal: semantic calls on stderr, silent on ranks other than 0.
 
 stdout is kept for data (a `chat --query` answer, `prepare --show` samples go through `out`), so pipelines can use it.
+`quiet_libraries` turns off the libraries' own progress bars and chatter, which would interleave with this output.
 """
 
 from __future__ import annotations
@@ -60,6 +61,30 @@ def _cell(value: Any) -> str:
 
 
 term = Terminal()
+
+
+def quiet_libraries() -> None:
+    """Progress bars, banners and deprecation chatter of the libraries would interleave with our output."""
+    import logging
+    import warnings
+
+    import torch
+
+    # bitsandbytes warns at import about an optional kernel package; DeepSpeed warns that it fell back to the CPU.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # states the fact DeepSpeed would otherwise warn about
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*torch.distributed.* is deprecated.*", category=FutureWarning
+    )  # DeepSpeed's
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def progress_callback():

@@ -180,9 +180,15 @@ def model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def claim_run_dir(run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
-    """`train` writes here: never into a folder glmtune did not write, never over an earlier run unasked."""
+def claim_run_dir(
+    run_dir: Path, *, resume: bool = False, overwrite: bool = False, data_only: bool = False
+) -> None:
+    """`train` (or, `data_only`, `prepare`) writes here: never into a folder glmtune did not write, and `train`
+    never over an earlier run unasked."""
     note_run_dir(run_dir)
+    if data_only:
+        claim_output(run_dir, "run", overwrite=True, what="run directory")
+        return
     if resume:
         return  # continuing the run that is there (check_resumable checks it is one)
     claim_output(run_dir, "run", overwrite=True, what="run directory")

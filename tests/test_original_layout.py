@@ -24,11 +24,11 @@ from glmtune.checkpoints.export import export_run
 from glmtune.checkpoints.load import load_model, load_tokenizer
 from glmtune.checkpoints.original import is_original_folder, save_original_layout
 from glmtune.checkpoints.tiny import builtin_path
-from glmtune.data.render import render_conversation
+from glmtune.data.render import render_conversation, stop_token_ids
 from glmtune.errors import UsageError
 from glmtune.families import CHATGLM3, GLM4, Message, detect_family, get_family
 from glmtune.inference.chat import chat
-from glmtune.inference.generation import generate_answers, stop_token_ids
+from glmtune.inference.generation import generate_answers
 from glmtune.training.train import train
 
 PROBE = [

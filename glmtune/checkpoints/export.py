@@ -28,10 +28,9 @@ from glmtune.checkpoints.load import (
     load_base_with_adapter,
     load_model,
     load_tokenizer,
-    quiet_libraries,
 )
 from glmtune.checkpoints.original import is_original_folder, save_original_layout, stamp_native
-from glmtune.console import term
+from glmtune.console import quiet_libraries, term
 from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message, get_family

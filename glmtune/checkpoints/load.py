@@ -1,10 +1,10 @@
-"""Find and load models and tokenizers: builtin tiny models, checkpoint folders, run directories, exports.
+"""Open models and tokenizers: a recipe's base (`open_base`, once per command), run directories and exports.
 
-Nothing here downloads: a path must be a local folder. Pickled weights are refused unless the recipe allows them,
-and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and GLM-4-9B-chat folders
-load as transformers' native `GlmForCausalLM`, converted in memory, and ChatGLM-6B v1 folders as glmtune's port
-`ChatGLM6BForCausalLM` (`glmtune.checkpoints.original`), never through their code. The port is registered with the Auto classes
-before any Auto load, so saved and exported v1 folders (model_type "chatglm6b") load like native ones.
+Nothing here downloads: a path must be a local folder (or a builtin tiny model). Pickled weights are refused unless
+the recipe allows them, and remote code runs only when the recipe turns it on. Original remote-code ChatGLM2/3 and
+GLM-4-9B-chat folders load as transformers' native `GlmForCausalLM`, converted in memory, and ChatGLM-6B v1 folders
+as glmtune's port `ChatGLM6BForCausalLM` (`glmtune.checkpoints.original`), never through their code. The port is
+registered with the Auto classes before any Auto load, so saved and exported v1 folders load like native ones.
 """
 
 from __future__ import annotations
@@ -17,33 +17,54 @@ from typing import Any
 from glmtune.checkpoints.integrity import check_model_folder, trained_run
 from glmtune.errors import UsageError
 from glmtune.families import Family, detect_family, get_family
+from glmtune.recipe import ModelSection
 from glmtune.rundir import is_run_dir, read_run
 
 log = logging.getLogger(__name__)
 
 
-def quiet_libraries() -> None:
-    """Progress bars, banners and deprecation chatter of the libraries would interleave with our output."""
-    import os
-    import warnings
+@dataclass(frozen=True)
+class Base:
+    """A base model opened once: its folder, family and tokenizer, and how the recipe lets its weights load.
 
-    import torch
+    Every command that starts from a base (prepare, train and its dry run, bench) opens it with `open_base` and
+    hands this object on; nothing downstream resolves the path, the family or the tokenizer again."""
 
-    # bitsandbytes warns at import about an optional kernel package; DeepSpeed warns that it fell back to the CPU.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # states the fact DeepSpeed would otherwise warn about
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    warnings.filterwarnings(
-        "ignore", message=".*torch.distributed.* is deprecated.*", category=FutureWarning
-    )  # DeepSpeed's
+    path: Path
+    family: Family
+    tokenizer: Any
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
-    import datasets
-    import transformers
+    def load_model(self, *, dtype: str = "auto", quantization_config: Any = None):
+        return load_model(
+            self.path,
+            dtype=dtype,
+            trust_remote_code=self.trust_remote_code,
+            allow_pickle=self.allow_pickle,
+            quantization_config=quantization_config,
+        )
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    def meta_model(self):
+        """The architecture without weights (meta device): counting parameters of a 9B model costs nothing."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        config = load_config(self.path, self.trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
+
+    def loading_flags(self) -> dict[str, bool]:
+        """What run.json records so that export, chat and eval reload the base the same way."""
+        return {"allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
+
+
+def open_base(model: ModelSection) -> Base:
+    """The recipe's [model]: its folder (builtin, native or original layout), family and tokenizer, resolved once."""
+    path = resolve_model_path(model.path)
+    family = detect_family(path) if model.family == "auto" else get_family(model.family)
+    tokenizer = load_tokenizer(path, model.trust_remote_code, family)
+    return Base(path, family, tokenizer, model.trust_remote_code, model.allow_pickle)
 
 
 def resolve_model_path(path: str, key: str = "model.path") -> Path:
@@ -72,10 +93,6 @@ def register_ports() -> None:
     from glmtune.families.modeling_chatglm6b import register
 
     register()
-
-
-def family_for(folder: Path, requested: str = "auto") -> Family:
-    return detect_family(folder) if requested == "auto" else get_family(requested)
 
 
 def torch_dtype(name: str):
@@ -159,35 +176,6 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
-def lora_target_modules(model, family: Family, requested: list[str] | str) -> list[str]:
-    """Module names LoRA wraps: the family's for this architecture, or the recipe's; each must match something."""
-    import torch
-
-    model_type = model.config.model_type
-    if requested == "auto":
-        if model_type not in family.lora_targets:
-            raise UsageError(
-                f"lora.targets: no default targets for model_type {model_type!r}; list them in lora.targets"
-            )
-        targets = list(family.lora_targets[model_type])
-    else:
-        targets = list(requested)
-    linear_names = {
-        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module, torch)
-    }
-    missing = [t for t in targets if t not in linear_names]
-    if missing:
-        raise UsageError(
-            f"lora.targets: {', '.join(missing)} match no linear layer of this {model_type} model; "
-            f"available: {', '.join(sorted(linear_names))}"
-        )
-    return targets
-
-
-def _is_linear(module, torch) -> bool:
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear8bitLt", "Linear4bit")
-
-
 @dataclass
 class Loaded:
     model: Any
@@ -219,10 +207,8 @@ def _load_for_inference(source: Path, *, dtype: str, merge: bool) -> Loaded:
             f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
         )
     check_model_folder(source)
-    family = detect_family(source)
-    model = load_model(source, dtype=dtype)
-    model.eval()
-    return Loaded(model, load_tokenizer(source, family=family), family, source, None)
+    base = open_base(ModelSection(path=str(source)))
+    return Loaded(base.load_model(dtype=dtype).eval(), base.tokenizer, base.family, source, None)
 
 
 def _load_run(run_dir: Path, *, dtype: str, merge: bool) -> Loaded:

@@ -110,7 +110,7 @@ def stamp_native(model, tokenizer, family: Family, generation: dict[str, Any] | 
     and the family's stop tokens in generation_config.json."""
     from transformers import GenerationConfig
 
-    from glmtune.inference.generation import stop_token_ids
+    from glmtune.data.render import stop_token_ids
 
     setattr(model.config, FAMILY_KEY, family.name)
     model.generation_config = GenerationConfig(
@@ -131,7 +131,7 @@ def convert_checkpoint(
             "nothing to convert"
         )
     out = claim_output(out, "convert", overwrite=overwrite)
-    from glmtune.checkpoints.load import quiet_libraries
+    from glmtune.console import quiet_libraries
 
     quiet_libraries()
     chosen = detect_family(source) if family == "auto" else get_family(family)

@@ -72,9 +72,7 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
         if sample.status == "dropped":
             continue
         columns["input_ids"].append(sample.ids)
-        columns["labels"].append(
-            [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
-        )
+        columns["labels"].append(labels_of(sample))
     if not columns["input_ids"]:
         raise UsageError(
             f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it"
@@ -85,10 +83,21 @@ def _render_split(data: DataSection, paths: list[str], key: str, family: Family,
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
-        return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history)  # fmt: skip
+        return render_sample(
+            example.messages,
+            family,
+            tokenizer,
+            max_length=data.max_length,
+            overlong=data.overlong,
+            mask_history=data.mask_history,
+        )
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
+
+
+def labels_of(sample: Rendered) -> list[int]:
+    """Training labels: the ids where the mask trains, IGNORE_INDEX elsewhere."""
+    return [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
 
 
 def _stats(columns: dict[str, list[list[int]]], read: int, counts: dict[str, int]) -> dict[str, float]:
@@ -123,8 +132,13 @@ def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     return digest.hexdigest()
 
 
-PROBE = [Message("system", "s"), Message("user", "q1"), Message("assistant", "a1"), Message("user", "q2"),
-         Message("assistant", "a2")]  # fmt: skip
+PROBE = [
+    Message("system", "s"),
+    Message("user", "q1"),
+    Message("assistant", "a1"),
+    Message("user", "q2"),
+    Message("assistant", "a2"),
+]
 
 
 def layout_fingerprint(family: Family, tokenizer) -> str:
@@ -144,28 +158,3 @@ def stats_rows(stats: dict[str, dict[str, float]]) -> tuple[list[str], list[list
     names = list(stats)
     keys = list(next(iter(stats.values())))
     return ["", *names], [[key, *(stats[name][key] for name in names)] for key in keys]
-
-
-def prepare_run(recipe, show: int = 0) -> Prepared:
-    """`glmtune prepare`: tokenize into the run's data folder, print stats and optionally N rendered samples."""
-    from glmtune.checkpoints.load import family_for, load_tokenizer, quiet_libraries, resolve_model_path
-    from glmtune.console import term
-    from glmtune.data.render import show as render_markup
-    from glmtune.rundir import claim_output, note_run_dir, run_dir_of
-
-    quiet_libraries()
-    note_run_dir(run_dir_of(recipe))
-    claim_output(run_dir_of(recipe), "run", overwrite=True, what="run directory")
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
-    prepared = prepare_data(recipe.data, family, tokenizer, run_dir_of(recipe) / "data")
-    term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
-    for index in range(min(show, len(prepared.splits["train"]))):
-        row = prepared.splits["train"][index]
-        mask = [label != IGNORE_INDEX for label in row["labels"]]
-        term.out(
-            f"[bold]sample {index}[/] ({len(row['input_ids'])} tokens, {sum(mask)} trained)", markup=True
-        )
-        term.out(render_markup(row["input_ids"], mask, tokenizer), markup=True)
-    return prepared

@@ -34,6 +34,11 @@ def special_token_id(tokenizer, name: str) -> int:
     return token_id
 
 
+def stop_token_ids(family: Family, tokenizer) -> list[int]:
+    """Ids of the tokens generation stops on (also written into exported generation_config.json files)."""
+    return [special_token_id(tokenizer, name) for name in family.stop_tokens]
+
+
 def render_conversation(
     messages: Sequence[Message],
     family: Family,

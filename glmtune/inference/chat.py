@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from glmtune.checkpoints.export import generation_kwargs
-from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
-from glmtune.console import term
+from glmtune.checkpoints.load import Loaded, load_for_inference
+from glmtune.console import quiet_libraries, term
 from glmtune.errors import UsageError
 from glmtune.families import Message
 from glmtune.inference.generation import generate_answers

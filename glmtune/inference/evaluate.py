@@ -14,10 +14,10 @@ from typing import Any
 from rich.markup import escape
 
 from glmtune.checkpoints.export import generation_kwargs
-from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
-from glmtune.console import term
+from glmtune.checkpoints.load import Loaded, load_for_inference
+from glmtune.console import quiet_libraries, term
 from glmtune.data.formats import read_examples
-from glmtune.data.prepare import IGNORE_INDEX, render_example
+from glmtune.data.prepare import labels_of, render_example
 from glmtune.errors import UsageError
 from glmtune.inference.generation import generate_answers
 from glmtune.inference.metrics import METRIC_NOTES, generation_scores
@@ -79,11 +79,10 @@ def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
         sample = render_example(example, data, loaded.family, loaded.tokenizer)
         if sample.status == "dropped":
             continue
-        labels = [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
+        ids = torch.tensor([sample.ids], device=loaded.model.device)
+        targets = torch.tensor([labels_of(sample)], device=loaded.model.device)
         with torch.no_grad():
-            device = loaded.model.device
-            output = loaded.model(input_ids=torch.tensor([sample.ids], device=device),
-                                  labels=torch.tensor([labels], device=device))  # fmt: skip
+            output = loaded.model(input_ids=ids, labels=targets)
         trained = sum(sample.mask[1:])  # the first token is never a target after the shift
         total += float(output.loss) * trained
         count += trained

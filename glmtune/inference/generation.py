@@ -8,12 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from glmtune.data.render import render_conversation, special_token_id
+from glmtune.data.render import render_conversation, special_token_id, stop_token_ids
 from glmtune.families import Family, Message
-
-
-def stop_token_ids(family: Family, tokenizer) -> list[int]:
-    return [special_token_id(tokenizer, name) for name in family.stop_tokens]
 
 
 def generate_answers(

@@ -1,9 +1,10 @@
-"""`glmtune train`: LoRA or full fine-tuning through transformers' Trainer, into a self-describing run directory.
+"""`glmtune train` and `glmtune prepare`: LoRA or full fine-tuning through transformers' Trainer, into a
+self-describing run directory.
 
-Reads top to bottom: `train` checks the plan and sets the run directory up (resolved recipe, run.json, prepared
-data), then trains here or re-executes itself as DeepSpeed workers; `train_here` (run by every worker) builds the
-Trainer, `fit` runs it, `save_outputs` writes weights, tokenizer and the final run.json. `--dry-run` stops after
-printing the plan.
+Reads top to bottom: `train` opens the base once, checks the plan (`glmtune.training.plan`) and sets the run directory
+up (resolved recipe, run.json, prepared data), then trains here or re-executes itself as DeepSpeed workers;
+`train_here` (run by every worker) builds the Trainer, `fit` runs it, `save_outputs` writes weights, tokenizer and
+the final run.json. `--dry-run` stops after printing the plan; `prepare_run` is the data step alone.
 """
 
 from __future__ import annotations
@@ -11,25 +12,15 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from glmtune.checkpoints.integrity import check_deepspeed_json
-from glmtune.checkpoints.load import (
-    family_for,
-    load_model,
-    load_tokenizer,
-    lora_target_modules,
-    quiet_libraries,
-    resolve_model_path,
-    torch_dtype,
-)
-from glmtune.console import progress_callback, term
-from glmtune.data.prepare import IGNORE_INDEX, Prepared, data_fingerprint, prepare_data, stats_rows
+from glmtune.checkpoints.load import Base, open_base, torch_dtype
+from glmtune.console import progress_callback, quiet_libraries, term
+from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
 from glmtune.errors import UsageError
-from glmtune.families import Family
-from glmtune.recipe import Recipe
+from glmtune.recipe import Recipe, TrainSection
 from glmtune.rundir import (
     claim_run_dir,
     new_run_info,
@@ -48,15 +39,9 @@ from glmtune.training.callbacks import (
     NanWatchdog,
     latest_complete_checkpoint,
 )
-from glmtune.training.launch import (
-    deepspeed_config,
-    estimate_memory,
-    has_cuda,
-    init_distributed,
-    plan_launch,
-    refuse_impossible,
-    run_workers,
-)
+from glmtune.training.launch import deepspeed_config, has_cuda, init_distributed, plan_launch, run_workers
+from glmtune.training.method import apply_method
+from glmtune.training.plan import check_plan, check_precision, check_resumable, show_plan
 
 
 def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
@@ -64,134 +49,81 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwr
     run_dir = run_dir_of(recipe)
     if not dry_run:
         claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
-    check_precision(recipe, family)
+    base = open_base(recipe.model)
+    check_precision(recipe, base.family)
     check_deepspeed_json(recipe)
     launch = plan_launch(recipe, run_dir, resume)
     if dry_run:
-        show_plan(recipe, base, family, tokenizer, launch)
+        show_plan(recipe, base, launch)
         return run_dir
-    check_plan(recipe, base, family)
+    check_plan(recipe, base)
     if resume:
-        check_resumable(run_dir, recipe, family, tokenizer)
-    keep = has_complete_checkpoint(run_dir)
-    with run_attempt(run_dir, replace=overwrite and not resume, keep_if=keep):
-        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+        check_resumable(run_dir, recipe, base)
+    with run_attempt(run_dir, replace=overwrite and not resume, keep_if=has_complete_checkpoint(run_dir)):
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
         term.table("data", *stats_rows(prepared.stats))
         if not resume:
             write_recipe(run_dir, recipe)
             write_run(
-                run_dir,
-                new_run_info(recipe, family.name, base) | {"data_fingerprint": _fingerprint(prepared)},
+                run_dir, new_run_info(recipe, base.family.name, base.path) | _data_fingerprint(prepared)
             )
         if launch.command:
             workers = recipe.launch.processes_per_node * recipe.launch.nodes
             term.step(f"launching {workers} DeepSpeed workers ({recipe.launch.zero})")
             run_workers(launch)
         else:
-            train_here(recipe, run_dir, resume, prepared)
+            train_here(recipe, base, run_dir, resume, prepared)
     return run_dir
 
 
 def has_complete_checkpoint(run_dir: Path):
-    """A predicate for `run_attempt`: a failed run is worth keeping once it has something to resume from."""
+    """For `run_attempt`: a failed run is kept (marked failed) once it has a checkpoint to resume from."""
     return lambda: latest_complete_checkpoint(run_dir / "checkpoints")[0] is not None
 
 
-def _fingerprint(prepared: Prepared) -> str:
-    return (prepared.folder / "fingerprint.txt").read_text(encoding="utf-8").strip()
+def _data_fingerprint(prepared: Prepared) -> dict[str, str]:
+    """The data the run starts on; `--resume` refuses other data."""
+    return {"data_fingerprint": (prepared.folder / "fingerprint.txt").read_text(encoding="utf-8").strip()}
 
 
-def check_precision(recipe: Recipe, family: Family) -> None:
-    if recipe.model.dtype == "float16" and not family.fp16_safe and not recipe.launch.allow_fp16:
-        raise UsageError(
-            f"model.dtype: float16 overflows on {family.name} models (the loss turns NaN); use bfloat16 or float32, "
-            "or set launch.allow_fp16 = true to force it"
-        )
+def prepare_run(recipe: Recipe, show: int = 0) -> Prepared:
+    """`glmtune prepare`: tokenize into the run's data folder, print stats and optionally N rendered samples."""
+    from glmtune.data.render import show as render_markup
+
+    quiet_libraries()
+    claim_run_dir(run_dir_of(recipe), data_only=True)
+    base = open_base(recipe.model)
+    prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir_of(recipe) / "data")
+    term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
+    for index in range(min(show, len(prepared.splits["train"]))):
+        row = prepared.splits["train"][index]
+        mask = [label != IGNORE_INDEX for label in row["labels"]]
+        title = f"[bold]sample {index}[/] ({len(row['input_ids'])} tokens, {sum(mask)} trained)"
+        term.out(title, markup=True)
+        term.out(render_markup(row["input_ids"], mask, base.tokenizer), markup=True)
+    return prepared
 
 
-def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
-    """LoRA targets and, where there is GPU memory to plan for, the memory estimate: before anything is written."""
-    import importlib.util
-
-    if "tensorboard" in recipe.train.report_to and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError(
-            "train.report_to: tensorboard is not installed; pip install tensorboard, or remove it"
-        )
-    model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
-    if has_cuda() or recipe.launch.gpu_memory_gb:
-        refuse_impossible(
-            estimate_memory(model, recipe, _count(model, trainable=True), _count(model)), recipe
-        )
-
-
-def check_resumable(run_dir: Path, recipe: Recipe, family: Family, tokenizer) -> None:
-    """A resume continues the same run: the recipe and the data must be the ones the run directory recorded."""
-    from glmtune.rundir import read_run, run_recipe
-
-    if not (run_dir / "recipe.toml").is_file():
-        raise UsageError(f"{run_dir}: no run to resume here; start it without --resume")
-    recorded = _flatten(run_recipe(run_dir).to_dict())
-    changed = sorted(k for k in recorded.keys() | _flatten(recipe.to_dict()).keys()
-                     if recorded.get(k) != _flatten(recipe.to_dict()).get(k))  # fmt: skip
-    if changed:
-        raise UsageError(
-            f"{run_dir}: --resume needs the recipe the run started with; changed: {', '.join(changed)}"
-        )
-    started_on = read_run(run_dir).get("data_fingerprint")
-    if started_on and data_fingerprint(recipe.data, family, tokenizer) != started_on:
-        raise UsageError(
-            f"{run_dir}: the training data changed since this run started (fingerprint {started_on[:12]}); "
-            "--resume continues on the same data: restore it, or start a new run (another run.name or --overwrite)"
-        )
-    checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise UsageError(
-            f"{run_dir}: no complete checkpoint to resume from; start the run again without --resume"
-        )
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict) and value:
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Prepared | None = None) -> None:
+def train_here(
+    recipe: Recipe, base: Base, run_dir: Path, resume: bool = False, prepared: Prepared | None = None
+) -> None:
     """Train in this process (single, or one DeepSpeed worker of several)."""
     from glmtune.training.quantize import prepare_for_kbit_training, quantization_config
 
-    quiet_libraries()
     init_distributed(recipe)
-    base = resolve_model_path(recipe.model.path)
-    family = family_for(base, recipe.model.family)
-    tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     if prepared is None:  # a DeepSpeed worker: the launching process prepared it, this only loads it
-        prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
-    model = load_model(
-        base,
-        dtype=_weights_dtype(recipe),
-        trust_remote_code=recipe.model.trust_remote_code,
-        allow_pickle=recipe.model.allow_pickle,
-        quantization_config=quantization_config(recipe.launch.quantize, torch_dtype(recipe.model.dtype)),
-    )
+    quantization = quantization_config(recipe.launch.quantize, torch_dtype(recipe.model.dtype))
+    model = base.load_model(dtype=_weights_dtype(recipe), quantization_config=quantization)
     if recipe.launch.quantize != "none":
         model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
-    model = apply_method(model, recipe, family)
+    model = apply_method(model, recipe, base.family)
     if args.process_index == 0:
         update_run(run_dir, status="training")
-    trainer = fit(
-        model, tokenizer, prepared, args, run_dir, resume, keep_checkpoints=recipe.train.save_total_limit
-    )
-    save_outputs(trainer, tokenizer, recipe, run_dir, prepared)
+    trainer = fit(model, base.tokenizer, prepared, args, run_dir, resume, recipe.train.save_total_limit)
+    save_outputs(trainer, base.tokenizer, recipe, run_dir, prepared)
 
 
 def _weights_dtype(recipe: Recipe) -> str:
@@ -202,49 +134,10 @@ def _weights_dtype(recipe: Recipe) -> str:
     return recipe.model.dtype
 
 
-def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
-    """Wrap the model for the recipe's method and report what will train."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
-
-    torch.manual_seed(recipe.run.seed)  # LoRA's initialisation is part of the run's reproducibility
-    if recipe.method.kind == "full":
-        if not quiet:
-            term.step(f"full fine-tuning: {_count(model, trainable=True):,} trainable parameters")
-        return model
-    targets = lora_target_modules(model, family, recipe.lora.targets)
-    config = LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, config)
-    wrapped = sum(1 for _, module in model.named_modules() if isinstance(module, LoraLayer))
-    if not quiet:
-        term.step(
-            f"LoRA r={recipe.lora.r} on {', '.join(targets)} ({wrapped} modules): "
-            f"{_count(model, trainable=True):,} of {_count(model):,} parameters train"
-        )
-    return model
-
-
-def _count(model, trainable: bool = False) -> int:
-    return sum(
-        p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-        for p in model.parameters()
-        if p.requires_grad or not trainable
-    )
-
-
 def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
     t = recipe.train
-    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
-    save_strategy = "steps" if t.save_steps else "epoch"
     dtype = str(torch_dtype(recipe.model.dtype)).removeprefix("torch.")
     ds_config = deepspeed_config(recipe)
     return TrainingArguments(
@@ -260,15 +153,8 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps,
-        save_strategy=save_strategy,
-        save_steps=t.save_steps or 500,
-        save_total_limit=None,  # CheckpointMarker rotates, after the newer checkpoint is complete
         logging_nan_inf_filter=False,  # the NaN watchdog must see the raw loss
-        load_best_model_at_end=t.keep_best,
-        metric_for_best_model="eval_loss" if t.keep_best else None,
-        greater_is_better=False if t.keep_best else None,
+        **_evaluating_and_saving(t, has_eval),
         activation_checkpointing=t.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=dtype == "bfloat16",
@@ -284,6 +170,20 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         dataloader_num_workers=0,
         dataloader_pin_memory=has_cuda(),
     )
+
+
+def _evaluating_and_saving(t: TrainSection, has_eval: bool) -> dict[str, Any]:
+    """When the Trainer evaluates and saves checkpoints, and whether it reloads the best one at the end."""
+    return {
+        "eval_strategy": "no" if not has_eval else ("steps" if t.eval_steps else "epoch"),
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps" if t.save_steps else "epoch",
+        "save_steps": t.save_steps or 500,
+        "save_total_limit": None,  # CheckpointMarker rotates, once the newer checkpoint is complete
+        "load_best_model_at_end": t.keep_best,
+        "metric_for_best_model": "eval_loss" if t.keep_best else None,
+        "greater_is_better": False if t.keep_best else None,
+    }
 
 
 def collator(tokenizer, fixed_length: int | None = None):
@@ -302,8 +202,8 @@ def fit(
     from transformers import PrinterCallback, Trainer
 
     progress = progress_callback()
-    callbacks = [progress, MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png"),
-                 NanWatchdog(), CheckpointMarker(keep=keep_checkpoints)]  # fmt: skip
+    logs = [MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png")]
+    callbacks = [progress, *logs, NanWatchdog(), CheckpointMarker(keep=keep_checkpoints)]
     trainer = Trainer(
         model=model,
         args=args,
@@ -390,55 +290,3 @@ def _summary(state) -> dict[str, Any]:
     if state.best_model_checkpoint:
         summary["best_checkpoint"] = Path(state.best_model_checkpoint).name
     return summary
-
-
-def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> None:
-    """Print the resolved recipe, launcher, DeepSpeed config, memory estimate and data counts; write nothing."""
-    import json
-
-    import tomli_w
-
-    term.out(tomli_w.dumps(recipe.to_dict()))
-    with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare_data(recipe.data, family, tokenizer, Path(scratch) / "data")
-    model = apply_method(meta_model(base, recipe), recipe, family)
-    trainable, total = _count(model, trainable=True), _count(model)
-    command = " ".join(launch.command) if launch.command else "(this process)"
-    env = " ".join(f"{k}={v}" for k, v in launch.env.items()) or "(unchanged)"
-    term.table(
-        "plan",
-        ["", "value"],
-        [
-            ["model", str(base)],
-            ["family", family.title],
-            ["architecture", model.config.model_type],
-            ["method", recipe.method.kind],
-            ["quantize", recipe.launch.quantize],
-            ["trainable parameters", f"{trainable:,}"],
-            ["total parameters", f"{total:,}"],
-            ["launcher", command],
-            ["environment", env],
-            ["run directory", str(run_dir_of(recipe))],
-        ],
-    )
-    if launch.deepspeed:
-        term.info("DeepSpeed config ('auto' values are filled in from [train]):")
-        term.out(json.dumps(launch.deepspeed, indent=2))
-    estimate = estimate_memory(model, recipe, trainable, total)
-    term.table(
-        "memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()]
-    )
-    refuse_impossible(estimate, recipe)
-    term.table("data", *stats_rows(prepared.stats))
-
-
-def meta_model(base: Path, recipe: Recipe):
-    """The architecture without weights (meta device): counting parameters of a 9B model costs nothing."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from glmtune.checkpoints.load import load_config
-
-    config = load_config(base, recipe.model.trust_remote_code)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
