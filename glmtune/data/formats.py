@@ -18,6 +18,9 @@ from glmtune.errors import UsageError
 from glmtune.families import ROLES, Message
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+SURROGATE = re.compile(
+    "[\ud800-\udfff]"
+)  # json.loads lets an escaped lone surrogate through; no tokenizer takes it
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -59,45 +62,64 @@ def data_files(paths: list[str], key: str) -> list[Path]:
 def read_examples(
     paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
 ) -> list[Example]:
-    examples = []
+    return list(iter_examples(paths, key, fmt, variables, system))
+
+
+def iter_examples(
+    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+) -> Iterator[Example]:
+    """The records of every file in order, one at a time: a .jsonl file of any size is never held in memory."""
     for file in data_files(paths, key):
         file_format = fmt
         for origin, record in _records(file):
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-            record = _fill(record, variables, origin)
-            examples.append(Example(to_messages(record, file_format, origin, system), origin))
-    return examples
+            try:
+                record = _fill(record, variables, origin)
+            except RecursionError:
+                raise UsageError(f"{origin}: JSON nested too deeply to be a data record") from None
+            yield Example(to_messages(record, file_format, origin, system), origin)
 
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
+        # A byte-order mark, as some editors write, is fine. Lines end at \n, \r\n or \r only: U+2028 and U+0085
+        # are valid inside JSON strings, where str.splitlines() would cut them.
+        with file.open(encoding="utf-8-sig", newline=None) as handle:
+            if file.suffix == ".jsonl":
+                yield from _jsonl_records(file, handle)
+                return
+            text = handle.read()
     except UnicodeDecodeError as exc:
         raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise UsageError(f"{file}: cannot read it ({exc.strerror})") from None
-    if file.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            origin = f"{file}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(
-                    f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it"
-                ) from None
-            yield origin, _as_record(record, origin)
-        return
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise UsageError(f"{file}: JSON nested too deeply to be a data record") from None
     if not isinstance(records, list):
         raise UsageError(f"{file}: a .json data file must hold a list of records")
     for index, record in enumerate(records):
         origin = f"{file} record {index}"
+        yield origin, _as_record(record, origin)
+
+
+def _jsonl_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        origin = f"{file}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it"
+            ) from None
+        except RecursionError:
+            raise UsageError(f"{origin}: JSON nested too deeply to be a data record") from None
         yield origin, _as_record(record, origin)
 
 
@@ -165,12 +187,16 @@ def _field(record: Mapping[str, Any], key: str, origin: str, fmt: str, required:
         return ""
     if not isinstance(value, str):
         raise UsageError(f"{origin}: field '{key}' must be a string, got {type(value).__name__}")
-    return value
+    return _text(value, origin, f"field '{key}'")
 
 
 def _text(value: Any, origin: str, where: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{origin}: {where} must be a string, got {type(value).__name__}")
+    if SURROGATE.search(value):
+        raise UsageError(
+            f"{origin}: {where} holds a lone UTF-16 surrogate (an escape such as \\ud800); not text"
+        )
     return value
 
 
@@ -226,7 +252,7 @@ def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[
     for turn in _turns(record, origin, fmt):
         if not isinstance(turn, dict) or speaker not in turn or text not in turn:
             raise UsageError(f"{origin}: each {fmt} turn needs '{speaker}' and '{text}'")
-        role = roles.get(turn[speaker])
+        role = roles.get(turn[speaker]) if isinstance(turn[speaker], str) else None
         if role is None:
             raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
         content = _text(turn[text], origin, f"{fmt}[{len(messages)}].{text}")

@@ -91,9 +91,11 @@ def prepare_run(recipe: Recipe, show: int = 0) -> Prepared:
     from glmtune.data.render import show as render_markup
 
     quiet_libraries()
-    claim_run_dir(run_dir_of(recipe), data_only=True)
+    run_dir = run_dir_of(recipe)
+    claim_run_dir(run_dir, data_only=True)
     base = open_base(recipe.model)
-    prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir_of(recipe) / "data")
+    with run_attempt(run_dir, replace=False, keep_if=lambda: False):
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
     term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
     for index in range(min(show, len(prepared.splits["train"]))):
         row = prepared.splits["train"][index]
