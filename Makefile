@@ -7,7 +7,7 @@ TORCH_CPU ?= torch==2.13.0
 # DeepSpeed compiles its C++ ops on first use (~50 s each); keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-slow test-deepspeed test-gpu lint format demo bench arch clean
+.PHONY: install test test-slow test-fuzz test-deepspeed test-gpu lint format demo bench arch clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test:
 
 test-slow:
 	$(BIN)/python -m pytest -q -m slow
+
+test-fuzz:
+	$(BIN)/python -m pytest -q -s -m fuzz tests/test_fuzz.py
 
 test-deepspeed:
 	$(BIN)/python -m pytest -q -m deepspeed
@@ -42,9 +45,9 @@ format:
 
 demo:
 	$(BIN)/glmtune prepare recipes/demo.toml --show 1
-	$(BIN)/glmtune train recipes/demo.toml
+	$(BIN)/glmtune train recipes/demo.toml --overwrite
 	$(BIN)/glmtune eval runs/demo
-	$(BIN)/glmtune export runs/demo --out runs/demo-export
+	$(BIN)/glmtune export runs/demo --out runs/demo-export --overwrite
 	$(BIN)/glmtune chat runs/demo-export --query "你是谁？"
 
 bench:

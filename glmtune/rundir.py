@@ -114,7 +114,9 @@ def claim_output(target: Path, kind: str, *, overwrite: bool = False, what: str 
             "give a new folder path, or move that folder away first"
         )
     if found != kind:
-        raise UsageError(f"{what} {target}: holds a glmtune {found}, not a {kind}; give another folder path")
+        raise UsageError(
+            f"{what} {target}: holds a glmtune {found} output, not a {kind} output; give another path"
+        )
     if not overwrite:
         raise UsageError(f"{what} {target}: holds an earlier glmtune {kind}; add --overwrite to replace it")
     return target
@@ -277,7 +279,7 @@ def run_attempt(run_dir: Path, *, replace: bool, keep_if: Callable[[], bool]) ->
     On failure, a run worth keeping (`keep_if`: it has a complete checkpoint) is marked failed with the reason;
     otherwise every entry this attempt added is removed and the earlier run put back."""
     clean_stale_staging(run_dir)
-    aside = _aside(run_dir) if replace and run_dir.exists() else None
+    aside = _aside(run_dir) if replace and is_run_dir(run_dir) else None
     if aside is not None:
         run_dir.rename(aside)
     before = set(os.listdir(run_dir)) if run_dir.is_dir() else None

@@ -37,7 +37,9 @@ def measure(count: int, folder: Path) -> dict[str, float]:
     with open(folder / "stderr.txt", "w") as errors:
         child = subprocess.Popen([sys.executable, "-m", "glmtune.cli", "prepare", str(recipe)], stderr=errors,
                                  stdout=subprocess.DEVNULL)  # fmt: skip
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the maximum over all children
+        _, status, usage = os.wait4(
+            child.pid, 0
+        )  # this child's own rusage, not the maximum over all children
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit((folder / "stderr.txt").read_text()[-2000:])
@@ -49,7 +51,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for count in sizes:
             row = measure(count, Path(scratch))
-            print(f"{row['samples']:>9,} samples: peak RSS {row['peak_rss_mb']:7.1f} MB, {row['seconds']:6.1f} s")
+            print(
+                f"{row['samples']:>9,} samples: peak RSS {row['peak_rss_mb']:7.1f} MB, {row['seconds']:6.1f} s"
+            )
 
 
 if __name__ == "__main__":

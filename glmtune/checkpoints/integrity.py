@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,19 @@ JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special
               "generation_config.json", "adapter_config.json")  # fmt: skip
 HEADER_LIMIT = 100 * 2**20  # safetensors caps its JSON header at 100 MB
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+@contextmanager
+def loading(folder: Path, what: str) -> Iterator[None]:
+    """Around a library load of checked files: damage the checks cannot see (a tokenizer.json of the wrong shape,
+    weights that do not fit the config) is still one line naming the folder, not the library's traceback."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{folder}: the {what} does not load ({type(exc).__name__}: {reason})") from None
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

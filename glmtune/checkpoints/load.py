@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glmtune.checkpoints.integrity import check_model_folder, trained_run
+from glmtune.checkpoints.integrity import check_model_folder, loading, trained_run
 from glmtune.errors import UsageError
 from glmtune.families import Family, detect_family, get_family
 from glmtune.recipe import ModelSection
@@ -116,9 +116,10 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family
         tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
     else:
         register_ports()  # AutoTokenizer reads config.json through AutoConfig
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, local_files_only=True
-        )
+        with loading(folder, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, local_files_only=True
+            )
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -152,14 +153,15 @@ def load_model(
             f"{folder}: no .safetensors weights; pickled .bin weights load only with model.allow_pickle = true "
             "(only do that for files you trust)"
         )
-    return AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=torch_dtype(dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=has_safetensors,
-        quantization_config=quantization_config,
-        local_files_only=True,
-    )
+    with loading(folder, "model"):
+        return AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=has_safetensors,
+            quantization_config=quantization_config,
+            local_files_only=True,
+        )
 
 
 def load_config(folder: Path, trust_remote_code: bool = False):
@@ -173,7 +175,8 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     register_ports()
     if is_original_folder(folder):
         return loading_config(original_config(folder))
-    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+    with loading(folder, "config"):
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 @dataclass
@@ -247,5 +250,6 @@ def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, me
         allow_pickle=switches.allow_pickle,
         trust_remote_code=switches.trust_remote_code,
     )
-    model = PeftModel.from_pretrained(base, run_dir / "adapter", local_files_only=True)
+    with loading(run_dir / "adapter", "adapter"):
+        model = PeftModel.from_pretrained(base, run_dir / "adapter", local_files_only=True)
     return model.merge_and_unload() if merge else model
