@@ -50,7 +50,7 @@ def judge(capsys, root: Path, *args) -> tuple[int, str]:
         code == 2
         and lines
         and lines[-1].startswith("error:")
-        and sum(l.startswith("error:") for l in lines) == 1
+        and sum(line.startswith("error:") for line in lines) == 1
     )
     traced = (
         "Traceback" in err
