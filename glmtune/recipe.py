@@ -206,7 +206,12 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
-        problems = []
+        problems = [
+            f"{section}.{key}: {problem}"
+            for section, key in (*sorted(PATH_KEYS), ("run", "output_dir"))
+            for value in _as_list(getattr(getattr(self, section), key))
+            if (problem := path_problem(value))
+        ]
         if self.launch.quantize != "none" and self.method.kind != "lora":
             problems.append(
                 "launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)"
@@ -237,6 +242,19 @@ PATH_KEYS = {
     ("launch", "hostfile"),
     ("launch", "zero"),
 }
+
+
+def path_problem(value: str) -> str | None:
+    """Why a path string cannot name a file on any common filesystem, or None."""
+    if "\0" in value:
+        return "a path cannot hold a NUL character"
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(value).parts):
+        return "a path component is longer than 255 bytes"
+    return None
+
+
+def _as_list(value: Any) -> list[str]:
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
