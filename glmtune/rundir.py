@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -283,6 +283,7 @@ def run_attempt(run_dir: Path, *, replace: bool, keep_if: Callable[[], bool]) ->
     if aside is not None:
         run_dir.rename(aside)
     before = set(os.listdir(run_dir)) if run_dir.is_dir() else None
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # e.g. runs/ itself
     try:
         yield
     except BaseException as exc:
@@ -290,6 +291,9 @@ def run_attempt(run_dir: Path, *, replace: bool, keep_if: Callable[[], bool]) ->
             update_run(run_dir, status="failed", error=first_line(exc))
         else:
             _remove_new_entries(run_dir, before)
+            for folder in created[1:]:
+                with suppress(OSError):  # no longer empty: someone else writes there now
+                    folder.rmdir()
             if aside is not None:
                 aside.rename(run_dir)
         raise

@@ -46,7 +46,7 @@ def data_files(paths: list[str], key: str) -> list[Path]:
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+            found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
             if not found:
                 raise UsageError(f"{key}: folder {path} holds no .json or .jsonl file")
             files.extend(found)

@@ -171,8 +171,17 @@ def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
         for file in data_files(paths, key):
             digest.update(str(file.resolve()).encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+            digest.update(_file_digest(file))
     return digest.hexdigest()
+
+
+def _file_digest(file: Path) -> bytes:
+    """sha256 of a file read in chunks: a data file may be larger than memory."""
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
 PROBE = [
