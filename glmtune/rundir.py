@@ -203,6 +203,7 @@ def claim_run_dir(
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(path)
     fd, temporary = tempfile.mkstemp(prefix=_staging_prefix(path, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
