@@ -37,9 +37,8 @@ from glmtune.errors import UsageError
 from glmtune.recipe import Recipe
 
 RUN_FILE = "run.json"
-OUTPUT_MARK = (
-    ".glmtune-output"  # {"kind": "export"} in model folders glmtune wrote (run directories have run.json)
-)
+# {"kind": "export"} in model folders glmtune wrote (run directories have run.json)
+OUTPUT_MARK = ".glmtune-output"
 STAGING = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 LIBRARIES = (
     "glmtune",
@@ -54,9 +53,8 @@ LIBRARIES = (
 )
 
 
-ACTIVE: dict[
-    str, Path
-] = {}  # the run directory this command works on, for the traceback of an unexpected error
+# The run directory this command works on, where an unexpected error's traceback is saved.
+ACTIVE: dict[str, Path] = {}
 
 
 def note_run_dir(path: Path) -> None:
