@@ -46,6 +46,29 @@ def measure(count: int, folder: Path) -> dict[str, float]:
     return {"samples": count, "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds}
 
 
+def _wait(pid: int, count: int):
+    """Wait for the child, printing its high-water mark every 30 s (a long run killed early still tells)."""
+    last = time.perf_counter()
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)  # this child's own rusage, not the max over children
+        if done:
+            return status, usage
+        if time.perf_counter() - last > 30:
+            last = time.perf_counter()
+            print(f"  {count:,}: high-water RSS so far {_high_water_mb(pid):.1f} MB", flush=True)
+        time.sleep(0.5)
+
+
+def _high_water_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def main() -> None:
     sizes = sorted(int(arg) for arg in sys.argv[1:]) or [100_000, 1_000_000]
     with tempfile.TemporaryDirectory() as scratch:
