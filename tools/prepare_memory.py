@@ -37,9 +37,7 @@ def measure(count: int, folder: Path) -> dict[str, float]:
     with open(folder / "stderr.txt", "w") as errors:
         child = subprocess.Popen([sys.executable, "-m", "glmtune.cli", "prepare", str(recipe)], stderr=errors,
                                  stdout=subprocess.DEVNULL)  # fmt: skip
-        _, status, usage = os.wait4(
-            child.pid, 0
-        )  # this child's own rusage, not the maximum over all children
+        status, usage = _wait(child.pid, count)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit((folder / "stderr.txt").read_text()[-2000:])
