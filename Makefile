@@ -24,7 +24,7 @@ define install_into
 	@$(1)/bin/glmtune --help >/dev/null && echo "installed: $(1)/bin/glmtune"
 endef
 
-.PHONY: install test test-latest lock test-slow test-deepspeed test-browser test-gpu lint format demo bench arch clean
+.PHONY: install test test-latest lock test-slow test-fuzz test-deepspeed test-browser test-gpu lint format demo bench arch clean
 
 install:
 	$(call install_into,$(VENV),-c $(CONSTRAINTS))
@@ -48,6 +48,9 @@ test:
 test-slow:
 	$(BIN)/python -m pytest -q -m slow
 
+test-fuzz:
+	$(BIN)/python -m pytest -q -s -m fuzz tests/test_fuzz.py
+
 test-deepspeed:
 	$(BIN)/python -m pytest -q -m deepspeed
 
@@ -69,9 +72,9 @@ format:
 
 demo:
 	$(BIN)/glmtune prepare recipes/demo.toml --show 1
-	$(BIN)/glmtune train recipes/demo.toml
+	$(BIN)/glmtune train recipes/demo.toml --overwrite
 	$(BIN)/glmtune eval runs/demo
-	$(BIN)/glmtune export runs/demo --out runs/demo-export
+	$(BIN)/glmtune export runs/demo --out runs/demo-export --overwrite
 	$(BIN)/glmtune chat runs/demo-export --query "你是谁？"
 
 bench:

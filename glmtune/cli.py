@@ -1,15 +1,18 @@
 """The `glmtune` command line: each command parses its arguments, calls one function and reports.
 
 Heavy libraries (torch, transformers) are imported inside the commands, so `glmtune --help` starts instantly.
-A `UsageError` anywhere becomes one line on stderr and exit code 2.
+A `UsageError` anywhere, and a usage mistake Typer finds, becomes one line on stderr and exit code 2. Anything else
+is a bug: one line names it and the file holding its full traceback (`glmtune --debug ...` prints it too), exit 1.
+The process is offline: the hub switches are set before any library that could reach the network is imported.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -46,6 +49,21 @@ SourceArg = Annotated[
 ]
 
 
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier glmtune output there (never anything else).")
+]
+DEBUG = {"on": False}
+
+
+@app.callback()
+def options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the full traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    DEBUG["on"] = debug
+
+
 def _recipe(path: Path, overrides: list[str] | None):
     from glmtune.recipe import load_recipe
 
@@ -74,11 +92,12 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run from its latest complete checkpoint.")
     ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune with LoRA or full fine-tuning; writes a self-describing run directory."""
     from glmtune.training.train import train as run_training
 
-    run_training(_recipe(recipe, set_), dry_run=dry_run, resume=resume)
+    run_training(_recipe(recipe, set_), dry_run=dry_run, resume=resume, overwrite=overwrite)
 
 
 @app.command(epilog="Example: glmtune export runs/demo --out exports/demo")
@@ -91,11 +110,12 @@ def export(
             help="native: transformers' own class; original: the base's remote-code ChatGLM layout."
         ),
     ] = Layout.native,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Merge the run's adapter into its base and write a model that loads with plain transformers."""
     from glmtune.checkpoints.export import export_run
 
-    export_run(source, out, layout=layout.value)
+    export_run(source, out, layout=layout.value, overwrite=overwrite)
 
 
 @app.command(epilog="Example: glmtune convert ~/models/chatglm3-6b --out ~/models/chatglm3-6b-native")
@@ -111,12 +131,13 @@ def convert(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Read pickled *.bin weights (only files you trust).")
     ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write an original-layout ChatGLM checkpoint once as a folder plain transformers loads: transformers' Glm
     (ChatGLM2/3, GLM-4), or glmtune's ChatGLM-6B port (v1) with its module file as remote code."""
     from glmtune.checkpoints.original import convert_checkpoint
 
-    loads_as = convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
+    loads_as = convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle, overwrite=overwrite)
     term.ok(f"converted {source} to {out} ({loads_as})")
 
 
@@ -263,14 +284,58 @@ def render(
 
 
 def main() -> None:
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[switch] = (
+            "1"  # glmtune reads local files only; a missing one must not become a hub request
+        )
     try:
-        app()
+        code = app(standalone_mode=False)  # Typer's usage errors come here too, to be printed in one line
     except UsageError as exc:
         term.error(str(exc))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         term.error("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if _is_click_error(exc):
+            _usage_mistake(exc)
+        _unexpected(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    # Typer raises click's exceptions from its vendored copy of click; both carry format_message and exit_code.
+    return type(exc).__module__.endswith("click.exceptions") and hasattr(exc, "format_message")
+
+
+def _usage_mistake(exc: Any) -> None:
+    """Typer's own usage errors: the usage line and one error line, no box; no arguments at all shows the help."""
+    context = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        term.info(exc.format_message())
+    elif context is not None:
+        term.info(context.get_usage())
+        term.error(f"{exc.format_message()} (try '{context.command_path} --help')")
+    else:
+        term.error(exc.format_message())
+    sys.exit(exc.exit_code)
+
+
+def _unexpected(exc: Exception) -> None:
+    """The net under every specific message: one line and the file holding the full traceback."""
+    import traceback
+
+    from glmtune.rundir import first_line, save_traceback
+
+    text = "".join(traceback.format_exception(exc))
+    where = save_traceback(text)
+    if DEBUG["on"]:
+        sys.stderr.write(text)
+    term.error(
+        f"unexpected {type(exc).__name__}: {first_line(exc)[:300]} — a glmtune bug; the full traceback is in "
+        f"{where} (glmtune --debug prints it), please report it"
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

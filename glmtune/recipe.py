@@ -9,23 +9,57 @@ resolved against the current folder, like any other path typed on the command li
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from glmtune.errors import UsageError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers must be finite (`1e999` in TOML is inf); booleans are real TOML booleans, never "on" or 1.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_COUNT = 1 << 20  # batch sizes, steps between logs/saves, token counts: beyond this a typo, not a plan
+NAME_LIMIT = 100
 
 
 class RunSection(Section):
-    name: str = "run"  # run folder name under output_dir
-    output_dir: str = "runs"  # relative to the working directory
-    seed: int = 42
+    name: str = "run"  # run folder name under output_dir: a plain folder name, no path
+    output_dir: str = Field("runs", min_length=1)  # relative to the working directory
+    seed: int = Field(42, ge=0, lt=2**32)  # numpy and torch seeds are unsigned 32-bit
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not is_plain_name(name):
+            raise ValueError(
+                f"must be a plain folder name such as 'demo' (no path separators or spaces, not hidden, at most "
+                f"{NAME_LIMIT} characters); put parent folders in run.output_dir"
+            )
+        return name
+
+
+def is_plain_name(name: str) -> bool:
+    """A single path component that is not hidden, '.' or '..' and needs no quoting on any filesystem."""
+    forbidden = set('/\\:*?"<>|\0')
+    return (
+        0 < len(name) <= NAME_LIMIT
+        and not name.startswith(".")
+        and not any(c in forbidden or not c.isprintable() or c.isspace() for c in name)
+    )
 
 
 class ModelSection(Section):
@@ -34,8 +68,8 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
         "auto"  # auto: bf16 on a GPU that has it, else fp32
     )
-    trust_remote_code: bool = False  # never on unless asked
-    allow_pickle: bool = False  # load *.bin (pickle) weights; off means safetensors only
+    trust_remote_code: StrictBool = False  # never on unless asked
+    allow_pickle: StrictBool = False  # load *.bin (pickle) weights; off means safetensors only
 
 
 class DataSection(Section):
@@ -44,9 +78,9 @@ class DataSection(Section):
     format: Literal["auto", "alpaca", "context_target", "messages", "sharegpt"] = "auto"
     variables: dict[str, str] = Field(default_factory=dict)  # fills {{placeholders}} in the data
     system: str | None = None  # system prompt for samples that have none
-    max_length: int = Field(1024, gt=8)
+    max_length: int = Field(1024, gt=8, le=MAX_COUNT)
     overlong: Literal["truncate", "drop"] = "truncate"
-    mask_history: bool = False  # train the last assistant turn only
+    mask_history: StrictBool = False  # train the last assistant turn only
     # GLM-4.5+ reasoning: "template" trains each turn as its template renders it at inference (past turns' reasoning
     # cleared), "keep" keeps every turn's reasoning (clear_thinking=false), "off" trains thinking-off replies
     thinking: Literal["template", "keep", "off"] = "template"
@@ -57,34 +91,48 @@ class MethodSection(Section):
 
 
 class LoraSection(Section):
-    r: int = Field(8, gt=0)
-    alpha: int = Field(16, gt=0)
+    r: int = Field(8, gt=0, le=4096)
+    alpha: int = Field(16, gt=0, le=65536)
     dropout: float = Field(0.05, ge=0, lt=1)
     targets: list[str] | Literal["auto"] = "auto"  # auto: the family's targets for the architecture
 
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, targets: list[str] | str) -> list[str] | str:
+        if isinstance(targets, list) and (not targets or not all(t.strip() for t in targets)):
+            raise ValueError('list module names such as ["q_proj", "v_proj"], or "auto" for the family\'s')
+        return targets
+
 
 class TrainSection(Section):
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
+    epochs: float = Field(3.0, gt=0, le=MAX_COUNT)
+    max_steps: int = Field(-1, ge=-1, le=MAX_COUNT * 1024)  # > 0 overrides epochs
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(4, gt=0)  # per device
-    grad_accum: int = Field(1, gt=0)
+    batch_size: int = Field(4, gt=0, le=MAX_COUNT)  # per device
+    grad_accum: int = Field(1, gt=0, le=MAX_COUNT)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = Field(None, gt=0)  # None: evaluate once per epoch when there is an eval split
-    save_steps: int | None = Field(None, gt=0)  # None: save once per epoch
-    save_total_limit: int = Field(2, gt=0)
-    keep_best: bool = False  # reload the checkpoint with the lowest eval loss at the end
-    gradient_checkpointing: bool = False
-    group_by_length: bool = False  # batches of similar length: less padding
-    packing: bool | Literal["auto"] = "auto"  # samples share rows, isolated; auto: on where the family packs
+    logging_steps: int = Field(10, gt=0, le=MAX_COUNT)
+    eval_steps: int | None = Field(
+        None, gt=0, le=MAX_COUNT
+    )  # None: once per epoch when there is an eval split
+    save_steps: int | None = Field(None, gt=0, le=MAX_COUNT)  # None: save once per epoch
+    save_total_limit: int = Field(2, gt=0, le=MAX_COUNT)
+    keep_best: StrictBool = False  # reload the checkpoint with the lowest eval loss at the end
+    gradient_checkpointing: StrictBool = False
+    group_by_length: StrictBool = False  # batches of similar length: less padding
+    packing: StrictBool | Literal["auto"] = (
+        "auto"  # samples share rows, isolated; auto: on where the family packs
+    )
     loss: Literal["auto", "plain", "chunked", "fused"] = "auto"  # auto: fused (Liger, CUDA) or chunked
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=list
     )  # logs under checkpoints/runs; metrics.jsonl, loss.png always
+
+
+SHARD_SIZE = r"[1-9][0-9]{0,5}([KMG]i?B|[KMG]IB)"  # what transformers' save_pretrained parses
 
 
 class LaunchSection(Section):
@@ -92,8 +140,10 @@ class LaunchSection(Section):
 
     strategy: Literal["single", "deepspeed"] = "single"  # deepspeed: ZeRO over processes/GPUs/nodes
     zero: str = "zero2"  # a preset (zero2, zero2_offload, zero3, zero3_offload) or a DeepSpeed JSON file
-    processes_per_node: int = Field(1, gt=0)  # GPUs per node (on a CPU-only machine: worker processes)
-    nodes: int = Field(1, gt=0)
+    processes_per_node: int = Field(
+        1, gt=0, le=1024
+    )  # GPUs per node (on a CPU-only machine: worker processes)
+    nodes: int = Field(1, gt=0, le=65536)
     hostfile: str | None = None  # DeepSpeed hostfile, required when nodes > 1
     master_addr: str = "127.0.0.1"
     master_port: int = Field(29500, gt=0, lt=65536)
@@ -101,26 +151,33 @@ class LaunchSection(Section):
     gpu_memory_gb: float | None = Field(
         None, gt=0
     )  # per GPU; default: detected; plans that exceed it are refused
-    allow_fp16: bool = False  # fp16 overflows on GLM-4 families; only when forced
+    allow_fp16: StrictBool = False  # fp16 overflows on GLM-4 families; only when forced
 
 
 class GenerationSection(Section):
-    max_new_tokens: int = Field(256, gt=0)
-    do_sample: bool = False
+    max_new_tokens: int = Field(256, gt=0, le=MAX_COUNT)
+    do_sample: StrictBool = False
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.8, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
 
 
 class ExportSection(Section):
-    max_shard_size: str = "2GB"
+    max_shard_size: str = "2GB"  # an integer and a unit: 500MB, 2GB, 4GiB
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _parsable_size(cls, size: str) -> str:
+        if not re.fullmatch(SHARD_SIZE, size):
+            raise ValueError("expected an integer and a unit, such as 500MB, 2GB or 4GiB")
+        return size
 
 
 class EvalSection(Section):
     data: list[str] = Field(default_factory=list)  # prompt/reference pairs; default: data.eval
     max_samples: int | None = Field(None, gt=0)
-    compare_base: bool = True  # also score the untuned base model
-    batch_size: int = Field(8, gt=0)
+    compare_base: StrictBool = True  # also score the untuned base model
+    batch_size: int = Field(8, gt=0, le=MAX_COUNT)
 
 
 class Recipe(Section):
@@ -139,7 +196,12 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
-        problems = []
+        problems = [
+            f"{section}.{key}: {problem}"
+            for section, key in (*sorted(PATH_KEYS), ("run", "output_dir"))
+            for value in _as_list(getattr(getattr(self, section), key))
+            if (problem := path_problem(value))
+        ]
         if self.launch.quantize != "none" and self.method.kind != "lora":
             problems.append(
                 "launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)"
@@ -171,6 +233,19 @@ PATH_KEYS = {
     ("launch", "hostfile"),
     ("launch", "zero"),
 }
+
+
+def path_problem(value: str) -> str | None:
+    """Why a path string cannot name a file on any common filesystem, or None."""
+    if "\0" in value:
+        return "a path cannot hold a NUL character"
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(value).parts):
+        return "a path component is longer than 255 bytes"
+    return None
+
+
+def _as_list(value: Any) -> list[str]:
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -274,12 +349,19 @@ def _describe(error: Any) -> str:
         return f"{dotted}: unknown key{_suggest(location)}"
     if error["type"] == "missing":
         return f"{dotted}: missing required key"
+    if error["type"] == "bool_type":
+        return f"{dotted}: expected true or false, unquoted (got {_short(error.get('input'))})"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in {"value_error", "assertion_error"} and (
         not location or message.startswith(location[0])
     ):
         return message
-    return f"{dotted}: {message} (got {error.get('input')!r})"
+    return f"{dotted}: {message} (got {_short(error.get('input'))})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _suggest(location: list[str]) -> str:

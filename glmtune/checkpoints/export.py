@@ -22,6 +22,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from glmtune.checkpoints.integrity import trained_run
 from glmtune.checkpoints.load import (
     base_model_folder,
     load_base_with_adapter,
@@ -35,7 +36,7 @@ from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message, get_family, original_layout_types
 from glmtune.recipe import GenerationSection, Recipe
-from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
+from glmtune.rundir import claim_output, is_run_dir, run_recipe, staged_dir
 
 CHAT_MODULE = "modeling_glmtune_chat"  # templates/modeling_glmtune_chat.py, the `model.chat()` shim
 # The shim's import line that export replaces with the exported model's class.
@@ -47,11 +48,12 @@ LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more
 LAYOUTS = ("native", "original")  # transformers' own class | the base's remote-code ChatGLM parameter names
 
 
-def export_run(run_dir: Path, out: Path, layout: str = "native") -> Path:
+def export_run(run_dir: Path, out: Path, layout: str = "native", overwrite: bool = False) -> Path:
     quiet_libraries()
     if layout not in LAYOUTS:
         raise UsageError(f"--layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
     run = _completed_run(run_dir)
+    out = claim_output(out, "export", overwrite=overwrite)
     if layout == "original":
         _check_original_base(run)
     family = get_family(run["family"])
@@ -59,7 +61,7 @@ def export_run(run_dir: Path, out: Path, layout: str = "native") -> Path:
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     probes = probe_inputs(family, tokenizer, run_dir)
     model, expected = _merged_model(run, run_dir, probes)
-    with staged_dir(out) as staging:
+    with staged_dir(out, kind="export") as staging:
         if layout == "original":
             save_original_layout(
                 model.state_dict(), base_model_folder(run), family, staging,
@@ -80,7 +82,7 @@ def _completed_run(run_dir: Path) -> dict[str, Any]:
         raise UsageError(
             f"{run_dir}: not a glmtune run directory (no run.json); give the folder `glmtune train` wrote"
         )
-    run = read_run(run_dir)
+    run = trained_run(run_dir)
     if run.get("status") != "complete":
         raise UsageError(
             f"{run_dir}: training has not completed (status {run.get('status')!r}); nothing to export"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.checkpoints.integrity import check_model_folder, loading, trained_run
 from glmtune.errors import UsageError
 from glmtune.families import Family, detect_family, get_family, register_architectures
 from glmtune.recipe import ModelSection
@@ -81,6 +82,7 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
         )
     if not (folder / "config.json").is_file():
         raise UsageError(f"{key}: {path} has no config.json; it is not a model folder")
+    check_model_folder(folder)
     return folder
 
 
@@ -110,7 +112,10 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False, family: Family
         tokenizer = load_original_tokenizer(folder, family or detect_family(folder))
     else:
         register_ports()  # AutoTokenizer reads config.json through AutoConfig
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        with loading(folder, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, local_files_only=True
+            )
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -145,13 +150,15 @@ def load_model(
             f"{folder}: no .safetensors weights; pickled .bin weights load only with model.allow_pickle = true "
             "(only do that for files you trust)"
         )
-    return AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=torch_dtype(dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=has_safetensors,
-        quantization_config=quantization_config,
-    )
+    with loading(folder, "model"):
+        return AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=has_safetensors,
+            quantization_config=quantization_config,
+            local_files_only=True,
+        )
 
 
 def load_config(folder: Path, trust_remote_code: bool = False, family: Family | None = None):
@@ -166,7 +173,8 @@ def load_config(folder: Path, trust_remote_code: bool = False, family: Family | 
     if is_original_folder(folder):
         family = family or detect_family(folder)
         return loading_config(original_config(folder, family), family)
-    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with loading(folder, "config"):
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 @dataclass
@@ -193,11 +201,13 @@ def _load_for_inference(source: Path, *, dtype: str, merge: bool) -> Loaded:
     if not source.is_dir():
         raise UsageError(f"{source}: not found; give a glmtune run directory or an exported model folder")
     if is_run_dir(source):
+        trained_run(source)
         return _load_run(source, dtype=dtype, merge=merge)
     if not (source / "config.json").is_file():
         raise UsageError(
             f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
         )
+    check_model_folder(source)
     base = open_base(ModelSection(path=str(source)))
     return Loaded(base.load_model(dtype=dtype).eval(), base.tokenizer, base.family, source, None)
 
@@ -226,14 +236,19 @@ def base_model_folder(run: dict[str, Any]) -> Path:
 
 
 def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, merge: bool):
+    """Base + the run's adapter; the loading switches come from the run's recipe.toml, never from run.json."""
     from peft import PeftModel
 
+    from glmtune.rundir import run_recipe
+
+    switches = run_recipe(run_dir).model
     base = load_model(
         base_model_folder(run),
         dtype=dtype,
-        allow_pickle=run.get("allow_pickle", False),
-        trust_remote_code=run.get("trust_remote_code", False),
+        allow_pickle=switches.allow_pickle,
+        trust_remote_code=switches.trust_remote_code,
         family=get_family(run["family"]),
     )
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    with loading(run_dir / "adapter", "adapter"):
+        model = PeftModel.from_pretrained(base, run_dir / "adapter", local_files_only=True)
     return model.merge_and_unload() if merge else model

@@ -28,7 +28,7 @@ from glmtune.families import (
     original_layout_types,
     read_json,
 )
-from glmtune.rundir import staged_dir
+from glmtune.rundir import claim_output, staged_dir
 
 # Files of an original checkpoint that describe it beside the weights: copied into an original-layout export so
 # the original tools (and their remote code, on the transformers versions it supports) load it as before.
@@ -124,7 +124,9 @@ def stamp_native(model, tokenizer, family: Family, generation: dict[str, Any] | 
     )
 
 
-def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False) -> str:
+def convert_checkpoint(
+    source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False, overwrite: bool = False
+) -> str:
     """`glmtune convert`: an original-layout folder -> a folder plain transformers loads (safetensors, tokenizer, stop
     tokens, and the module file as remote code when the loading class is glmtune's own), written beside `out` and
     renamed into place once every tensor read back bit-identical. Returns how the folder loads, in words."""
@@ -133,6 +135,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
             f"{source / 'config.json'}: not an original-layout checkpoint glmtune knows "
             f"(model_type {', '.join(sorted(original_layout_types()))}); nothing to convert"
         )
+    out = claim_output(out, "convert", overwrite=overwrite)
     from glmtune.console import quiet_libraries
 
     quiet_libraries()
@@ -142,7 +145,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
     model = load_original_model(source, dtype=_torch_dtype(dtype), family=chosen, allow_pickle=allow_pickle)
     stamp_native(model, tokenizer, chosen)
     code = model_code(model)
-    with staged_dir(out) as staging:
+    with staged_dir(out, kind="convert") as staging:
         save_with_code(model, staging, code)
         tokenizer.save_pretrained(staging)
         _check_written(staging, model.state_dict())

@@ -24,6 +24,9 @@ from glmtune.families import ROLES, Message
 from glmtune.families.base import ToolCall
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+SURROGATE = re.compile(
+    "[\ud800-\udfff]"
+)  # json.loads lets an escaped lone surrogate through; no tokenizer takes it
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -52,7 +55,7 @@ def data_files(paths: list[str], key: str) -> list[Path]:
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+            found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
             if not found:
                 raise UsageError(f"{key}: folder {path} holds no .json or .jsonl file")
             files.extend(found)
@@ -69,14 +72,19 @@ def data_files(paths: list[str], key: str) -> list[Path]:
 def read_examples(
     paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
 ) -> list[Example]:
-    examples = []
+    return list(iter_examples(paths, key, fmt, variables, system))
+
+
+def iter_examples(
+    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+) -> Iterator[Example]:
+    """The records of every file in order, one at a time: a .jsonl file of any size is never held in memory."""
     for file in data_files(paths, key):
         file_format = fmt
         for origin, record in _records(file):
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-            examples.append(check_record(record, origin, file_format, variables, system))
-    return examples
+            yield check_record(record, origin, file_format, variables, system)
 
 
 def check_record(
@@ -89,7 +97,10 @@ def check_record(
     """One record as a training example, or the UsageError `prepare` would give for it."""
     if fmt == "auto":
         fmt = detect_format(record, origin)
-    filled = _fill(record, variables or {}, origin)
+    try:
+        filled = _fill(record, variables or {}, origin)
+    except RecursionError:
+        raise UsageError(f"{origin}: JSON nested too deeply to be a data record") from None
     return Example(to_messages(filled, fmt, origin, system), origin, read_tools(filled, origin))
 
 
@@ -142,32 +153,43 @@ def tool_calls(value: Any, origin: str, where: str) -> tuple[ToolCall, ...]:
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
+        # A byte-order mark, as some editors write, is fine. Lines end at \n, \r\n or \r only: U+2028 and U+0085
+        # are valid inside JSON strings, where str.splitlines() would cut them.
+        with file.open(encoding="utf-8-sig", newline=None) as handle:
+            if file.suffix == ".jsonl":
+                yield from _jsonl_records(file, handle)
+                return
+            text = handle.read()
     except UnicodeDecodeError as exc:
         raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise UsageError(f"{file}: cannot read it ({exc.strerror})") from None
-    if file.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            origin = f"{file}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(
-                    f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it"
-                ) from None
-            yield origin, _as_record(record, origin)
-        return
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise UsageError(f"{file}: JSON nested too deeply to be a data record") from None
     if not isinstance(records, list):
         raise UsageError(f"{file}: a .json data file must hold a list of records")
     for index, record in enumerate(records):
         origin = f"{file} record {index}"
+        yield origin, _as_record(record, origin)
+
+
+def _jsonl_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        origin = f"{file}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{origin}: invalid JSON line ({exc.msg} at column {exc.colno}); fix or remove it"
+            ) from None
+        except RecursionError:
+            raise UsageError(f"{origin}: JSON nested too deeply to be a data record") from None
         yield origin, _as_record(record, origin)
 
 
@@ -236,12 +258,16 @@ def _field(record: Mapping[str, Any], key: str, origin: str, fmt: str, required:
         return ""
     if not isinstance(value, str):
         raise UsageError(f"{origin}: field '{key}' must be a string, got {type(value).__name__}")
-    return value
+    return _text(value, origin, f"field '{key}'")
 
 
 def _text(value: Any, origin: str, where: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{origin}: {where} must be a string, got {type(value).__name__}")
+    if SURROGATE.search(value):
+        raise UsageError(
+            f"{origin}: {where} holds a lone UTF-16 surrogate (an escape such as \\ud800); not text"
+        )
     return value
 
 
@@ -301,7 +327,7 @@ def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[
             or (text not in turn and not turn.get("tool_calls"))
         ):
             raise UsageError(f"{origin}: each {fmt} turn needs '{speaker}' and '{text}'")
-        role = roles.get(turn[speaker])
+        role = roles.get(turn[speaker]) if isinstance(turn[speaker], str) else None
         if role is None:
             raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
         messages.append(_message(turn, role, keys, origin, f"{fmt}[{len(messages)}]"))

@@ -5,6 +5,7 @@ REPL commands: /clear forgets the history, /system TEXT sets the system prompt, 
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from glmtune.checkpoints.export import generation_kwargs
 from glmtune.checkpoints.load import Loaded, load_for_inference
 from glmtune.console import quiet_libraries, term
+from glmtune.errors import UsageError
 from glmtune.families import Message
 from glmtune.inference.generation import generate_answers
 from glmtune.recipe import GenerationSection
@@ -26,6 +28,7 @@ def chat(
     max_new_tokens: int | None = None,
     temperature: float | None = None,
 ) -> None:
+    check_overrides(max_new_tokens, temperature)
     quiet_libraries()
     loaded = load_for_inference(source)
     settings = generation_settings(loaded, max_new_tokens, temperature)
@@ -51,9 +54,21 @@ def generation_settings(
         settings["max_new_tokens"] = GenerationSection().max_new_tokens
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
-    if temperature is not None:
+    if temperature:
         settings |= {"do_sample": True, "temperature": temperature}
+    elif temperature == 0:  # the most likely token each time, as in most chat tools
+        settings = {k: v for k, v in settings.items() if k not in ("temperature", "top_p")} | {
+            "do_sample": False
+        }
     return settings
+
+
+def check_overrides(max_new_tokens: int | None, temperature: float | None) -> None:
+    """Before the model loads: values generate() cannot use."""
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens: {max_new_tokens} generates nothing; give 1 or more")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise UsageError(f"--temperature: {temperature} is not a temperature; give 0 (greedy) or more")
 
 
 def _with_system(system: str | None, messages: list[Message]) -> list[Message]:

@@ -13,11 +13,11 @@ from typing import Any
 
 from glmtune.checkpoints.load import Base
 from glmtune.console import term
-from glmtune.data.prepare import prepare_data, stats_rows
+from glmtune.data.prepare import data_fingerprint, prepare_data, stats_rows
 from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe
-from glmtune.rundir import run_dir_of, run_recipe
+from glmtune.rundir import read_run, run_dir_of, run_recipe
 from glmtune.training.callbacks import latest_complete_checkpoint
 from glmtune.training.launch import estimate_memory, has_cuda, refuse_impossible, zero_stage
 from glmtune.training.loss import resolve_loss
@@ -61,8 +61,8 @@ def use_packing(recipe: Recipe, family: Family) -> bool:
     return packing is True or (packing == "auto" and not grouped and not family.cannot_pack)
 
 
-def check_resumable(run_dir: Path, recipe: Recipe) -> None:
-    """A resume continues the same run: the recipe must be the one the run directory recorded."""
+def check_resumable(run_dir: Path, recipe: Recipe, base: Base) -> None:
+    """A resume continues the same run: the recipe and the data must be the ones the run directory recorded."""
     if not (run_dir / "recipe.toml").is_file():
         raise UsageError(f"{run_dir}: no run to resume here; start it without --resume")
     recorded, given = _flatten(run_recipe(run_dir).to_dict()), _flatten(recipe.to_dict())
@@ -70,6 +70,12 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
     if changed:
         raise UsageError(
             f"{run_dir}: --resume needs the recipe the run started with; changed: {', '.join(changed)}"
+        )
+    started_on = read_run(run_dir).get("data_fingerprint")
+    if started_on and data_fingerprint(recipe.data, base.family, base.tokenizer) != started_on:
+        raise UsageError(
+            f"{run_dir}: the training data changed since this run started; --resume continues on the same data: "
+            "restore it, or start a new run (another run.name, or --overwrite)"
         )
     checkpoint, _ = latest_complete_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.checkpoints.integrity import check_deepspeed_json
 from glmtune.checkpoints.load import Base, open_base, torch_dtype
 from glmtune.console import progress_callback, quiet_libraries, term
 from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
@@ -23,8 +24,10 @@ from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe, TrainSection
 from glmtune.rundir import (
+    claim_run_dir,
     new_run_info,
     replace_dir,
+    run_attempt,
     run_dir_of,
     staged_dir,
     update_run,
@@ -51,41 +54,45 @@ from glmtune.training.method import apply_method
 from glmtune.training.plan import check_plan, check_precision, check_resumable, show_plan, use_packing
 
 
-def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Path:
+def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
     quiet_libraries()
     run_dir = run_dir_of(recipe)
+    if not dry_run:
+        claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
     base = open_base(recipe.model)
     check_precision(recipe, base.family)
+    check_deepspeed_json(recipe)
     launch = plan_launch(recipe, run_dir, resume)
     if dry_run:
         show_plan(recipe, base, launch)
         return run_dir
     check_plan(recipe, base)
     if resume:
-        check_resumable(run_dir, recipe)
-    prepared = _prepare_into(run_dir, recipe, base)
-    if not resume:
-        write_recipe(run_dir, recipe)
-        write_run(run_dir, new_run_info(recipe, base.family.name, base.path) | base.loading_flags())
-    if launch.command:
-        term.step(launch.announce)
-        run_workers(launch)
-    else:
-        train_here(recipe, base, run_dir, resume, prepared)
+        check_resumable(run_dir, recipe, base)
+    with run_attempt(run_dir, replace=overwrite and not resume, keep_if=has_complete_checkpoint(run_dir)):
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
+        term.table("data", *stats_rows(prepared.stats))
+        if not resume:
+            write_recipe(run_dir, recipe)
+            write_run(
+                run_dir, new_run_info(recipe, base.family.name, base.path) | _data_fingerprint(prepared)
+            )
+        if launch.command:
+            term.step(launch.announce)
+            run_workers(launch)
+        else:
+            train_here(recipe, base, run_dir, resume, prepared)
     return run_dir
 
 
-def _prepare_into(run_dir: Path, recipe: Recipe, base: Base) -> Prepared:
-    """Prepare the data before anything else is written; a data error leaves no new run folder behind."""
-    created = not run_dir.exists()
-    try:
-        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
-    except UsageError:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    term.table("data", *stats_rows(prepared.stats))
-    return prepared
+def has_complete_checkpoint(run_dir: Path):
+    """For `run_attempt`: a failed run is kept (marked failed) once it has a checkpoint to resume from."""
+    return lambda: latest_complete_checkpoint(run_dir / "checkpoints")[0] is not None
+
+
+def _data_fingerprint(prepared: Prepared) -> dict[str, str]:
+    """The data the run starts on; `--resume` refuses other data."""
+    return {"data_fingerprint": (prepared.folder / "fingerprint.txt").read_text(encoding="utf-8").strip()}
 
 
 def prepare_run(recipe: Recipe, show: int = 0) -> Prepared:
@@ -93,8 +100,11 @@ def prepare_run(recipe: Recipe, show: int = 0) -> Prepared:
     from glmtune.data.render import show as render_markup
 
     quiet_libraries()
+    run_dir = run_dir_of(recipe)
+    claim_run_dir(run_dir, data_only=True)
     base = open_base(recipe.model)
-    prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir_of(recipe) / "data")
+    with run_attempt(run_dir, replace=False, keep_if=lambda: False):
+        prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
     term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
     for index in range(min(show, len(prepared.splits["train"]))):
         row = prepared.splits["train"][index]
@@ -123,15 +133,8 @@ def train_here(
     model = apply_method(model, recipe, base.family)
     if args.process_index == 0:
         update_run(run_dir, status="training")
-    trainer = fit(
-        model,
-        base.tokenizer,
-        prepared,
-        args,
-        run_dir,
-        resume,
-        batching(recipe, base.family, base.tokenizer, model),
-    )
+    plan = batching(recipe, base.family, base.tokenizer, model)
+    trainer = fit(model, base.tokenizer, prepared, args, run_dir, resume, plan, recipe.train.save_total_limit)
     save_outputs(trainer, base.tokenizer, recipe, run_dir, prepared)
 
 
@@ -162,6 +165,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the NaN watchdog must see the raw loss
         **_evaluating_and_saving(t, has_eval),
         activation_checkpointing=t.gradient_checkpointing,
         train_sampling_strategy="group_by_length"
@@ -189,7 +193,7 @@ def _evaluating_and_saving(t: TrainSection, has_eval: bool) -> dict[str, Any]:
         "eval_steps": t.eval_steps,
         "save_strategy": "steps" if t.save_steps else "epoch",
         "save_steps": t.save_steps or 500,
-        "save_total_limit": t.save_total_limit,
+        "save_total_limit": None,  # CheckpointMarker rotates, once the newer checkpoint is complete
         "load_best_model_at_end": t.keep_best,
         "metric_for_best_model": "eval_loss" if t.keep_best else None,
         "greater_is_better": False if t.keep_best else None,
@@ -236,8 +240,16 @@ def batching(recipe: Recipe, family: Family, tokenizer, model) -> Batching:
     return Batching(packed, recipe.data.max_length, padded_or_packed, loss)
 
 
-def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool = False,
-        plan: Batching | None = None):  # fmt: skip
+def fit(
+    model,
+    tokenizer,
+    prepared: Prepared,
+    args,
+    run_dir: Path,
+    resume: bool = False,
+    plan: Batching | None = None,
+    keep_checkpoints: int = 2,
+):
     """Run the Trainer with glmtune's callbacks; the progress bar is closed even when training fails."""
     from transformers import PrinterCallback, Trainer
 
@@ -246,7 +258,7 @@ def fit(model, tokenizer, prepared: Prepared, args, run_dir: Path, resume: bool 
     plan = plan or Batching(False, 0, collator(tokenizer), "plain")
     progress = progress_callback()
     logs = [MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png")]
-    callbacks = [progress, *logs, NanWatchdog(), CheckpointMarker()]
+    callbacks = [progress, *logs, NanWatchdog(), CheckpointMarker(keep=keep_checkpoints)]
     trainer = Trainer(
         model=model,
         args=args,
