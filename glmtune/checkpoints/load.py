@@ -9,6 +9,8 @@ load like native ones.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,24 @@ def base_model_folder(run: dict[str, Any]) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def exact_lora_targets():
+    """peft as glmtune uses it: the adapter's target modules and parameters exactly as written.
+
+    peft (0.21) rewrites, on transformers 5, any `gate_proj`/`up_proj`/`down_proj` target of an MoE model onto the
+    fused routed experts (its conversion of transformers-4 adapters), which would strip the adapters of the dense
+    MLP and the shared experts and adapt the experts unasked. glmtune names every target in full itself (and writes
+    adapters that way), so that conversion is switched off while peft builds or loads one."""
+    from peft.utils import transformers_weight_conversion as conversion
+
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original
+
+
 def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, merge: bool):
     from peft import PeftModel
 
@@ -235,5 +255,6 @@ def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, me
         trust_remote_code=run.get("trust_remote_code", False),
         family=get_family(run["family"]),
     )
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    with exact_lora_targets():
+        model = PeftModel.from_pretrained(base, run_dir / "adapter")
     return model.merge_and_unload() if merge else model
