@@ -140,3 +140,17 @@ def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
     merged = load_file(out / "model.safetensors")
     assert any(".experts." in name for name in merged)  # saved in the checkpoint layout transformers writes
     assert all(torch.isfinite(t).all() for t in merged.values())
+
+
+def test_zero3_marks_each_moe_block_a_leaf_and_other_stages_nothing(tmp_path):
+    from deepspeed.utils import get_z3_leaf_modules
+
+    from glmtune.training.launch import register_moe_leaves
+
+    model = load_model(builtin_path("tiny-glm5.1"))
+    zero3 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero3'")
+    zero2 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero2'")
+    assert register_moe_leaves(model, zero2) == [] and get_z3_leaf_modules(model) == []
+    assert register_moe_leaves(model, zero3) == ["GlmMoeDsaMoE"]
+    sparse = model.config.num_hidden_layers - model.config.first_k_dense_replace
+    assert [type(m).__name__ for m in get_z3_leaf_modules(model)] == ["GlmMoeDsaMoE"] * sparse

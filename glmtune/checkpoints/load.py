@@ -10,7 +10,6 @@ load like native ones.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
