@@ -78,7 +78,9 @@ def resolve_targets(model, family: Family, requested: list[str] | str, experts: 
 
 def fused_expert_tensors(model) -> list[str]:
     """The routed experts' fused 3-D parameters (transformers 5 stores every expert of a layer in one tensor)."""
-    return [name for name, parameter in model.named_parameters() if parameter.ndim == 3 and "experts" in name]
+    return [
+        name for name, parameter in model.named_parameters() if _ndim(parameter) == 3 and "experts" in name
+    ]
 
 
 def coverage_rows(model, targets: LoraTargets) -> list[list[str]]:
@@ -93,9 +95,9 @@ def coverage_rows(model, targets: LoraTargets) -> list[list[str]]:
             row[3] += _numel(parameter)
             continue
         row[2] += _numel(parameter)
-        if parameter.ndim >= 2:
+        if _ndim(parameter) >= 2:
             row[0] += 1
-            owner = name if parameter.ndim == 3 else name.rsplit(".", 1)[0]
+            owner = name if _ndim(parameter) == 3 else name.rsplit(".", 1)[0]
             row[1] += owner in adapted
     return [
         [group, f"{n}", f"{a}", f"{p:,}", f"{lora:,}"] for group, (n, a, p, lora) in rows.items() if n or p
@@ -119,6 +121,11 @@ def _linear_modules(model) -> Iterable[str]:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR
     ]
+
+
+def _ndim(parameter) -> int:
+    """Dimensions of a parameter, also when ZeRO-3 has partitioned it (then its data is a flat shard)."""
+    return len(getattr(parameter, "ds_shape", parameter.shape))
 
 
 def _numel(parameter) -> int:
