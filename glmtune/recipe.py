@@ -95,6 +95,7 @@ class LoraSection(Section):
     alpha: int = Field(16, gt=0, le=65536)
     dropout: float = Field(0.05, ge=0, lt=1)
     targets: list[str] | Literal["auto"] = "auto"  # auto: the family's targets for the architecture
+    experts: bool = False  # also adapt the fused routed-expert tensors of an MoE (peft target_parameters)
 
     @field_validator("targets")
     @classmethod

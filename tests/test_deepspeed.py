@@ -53,3 +53,18 @@ def test_export_of_a_zero3_run(tmp_path):
     export = glmtune("export", tmp_path / "demo", "--out", tmp_path / "export")
     assert export.returncode == 0, export.stderr[-4000:]
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_zero3_lora_on_a_tiny_moe_registers_its_moe_blocks_as_leaves(tmp_path):
+    result = glmtune(
+        "train", ROOT / "recipes" / "demo.toml", "--set", f"run.output_dir={tmp_path}",
+        "--set", "model.path='builtin:tiny-glm4.5'", "--set", "lora.experts=true",
+        "--set", "launch.strategy='deepspeed'", "--set", "launch.processes_per_node=2",
+        "--set", "launch.zero='zero3'", "--set", "train.max_steps=3", "--set", "train.batch_size=4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ZeRO-3 leaf modules (each gathered whole): Glm4MoeMoE" in " ".join(result.stderr.split())
+    run_dir = tmp_path / "demo"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    tensors = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert any("mlp.experts" in key for key in tensors) and all(t.numel() > 0 for t in tensors.values())

@@ -1,24 +1,139 @@
-"""GLM-4.5's architecture (glm4_moe): LoRA on attention and the fused routed experts trains, merges and exports."""
+"""MoE architectures (glm4_moe, glm4_moe_lite, glm_moe_dsa): which weights LoRA adapts (the coverage table, counted
+from the model), and LoRA and full fine-tuning that train, export (reloaded logits verified) and chat."""
 
 import json
+from collections import Counter
 
+import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_recipe
 from safetensors.torch import load_file
+from test_cli import glmtune
 
 from glmtune.checkpoints.export import export_run
+from glmtune.checkpoints.load import load_model
+from glmtune.checkpoints.tiny import builtin_path
+from glmtune.families import tiny_specs
+from glmtune.inference.chat import chat
 from glmtune.recipe import load_recipe
+from glmtune.training.lora import base_name, coverage_rows, group_of, resolve_targets
+from glmtune.training.method import apply_method
 from glmtune.training.train import train
+
+MOE_TINY = ["tiny-glm4-moe", "tiny-glm4.5", "tiny-glm4.7-flash", "tiny-glm5.1", "tiny-glm5.2"]
+
+
+def recipe_for(tmp_path, name, *overrides):
+    return load_recipe(ROOT / "recipes" / "demo.toml", [f"run.output_dir={tmp_path}", f"model.path='builtin:{name}'",
+                                                         *overrides])  # fmt: skip
+
+
+def count_from_model(model) -> dict[str, tuple[int, int]]:
+    """Per group, independently of the table: adapted weights (one lora_A per adapted weight) and LoRA parameters."""
+    adapted, lora = Counter(), Counter()
+    for name, parameter in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        group = group_of(base_name(name))
+        adapted[group] += "lora_A" in name
+        lora[group] += parameter.numel()
+    return {group: (adapted[group], lora[group]) for group in set(adapted) | set(lora)}
+
+
+@pytest.mark.parametrize("name", MOE_TINY)
+@pytest.mark.parametrize("experts", [False, True])
+def test_coverage_table_equals_a_count_from_the_model(tmp_path, name, experts):
+    family, _ = tiny_specs()[name]
+    recipe = recipe_for(tmp_path, name, f"lora.experts={str(experts).lower()}")
+    base = load_model(builtin_path(name))
+    targets = resolve_targets(base, family, "auto", experts)
+    model = apply_method(base, recipe, family, quiet=True)
+    rows = {row[0]: (int(row[2]), int(row[4].replace(",", ""))) for row in coverage_rows(model, targets)}
+    counted = count_from_model(model)
+    assert {g: v for g, v in rows.items() if v != (0, 0)} == counted
+    layers = model.config.num_hidden_layers
+    dense, sparse = model.config.first_k_dense_replace, layers - model.config.first_k_dense_replace
+    assert counted["dense MLP"][0] == 3 * dense  # the dense first layers' gate/up/down_proj
+    assert counted["shared experts"][0] == 3 * sparse  # the shared experts' gate/up/down_proj
+    assert counted.get("routed experts", (0, 0))[0] == (
+        2 * sparse if experts else 0
+    )  # gate_up_proj, down_proj
+    assert "router" not in counted and "other" not in counted
+    per_layer = len(family.lora_targets[model.config.model_type]) - 3  # attention leaves
+    assert counted["attention"][0] == per_layer * layers
+
+
+def test_dry_run_prints_the_coverage_table(tmp_path):
+    result = glmtune("train", ROOT / "recipes" / "demo.toml", "--dry-run", "--set", "model.path='builtin:tiny-glm4.5'",
+                     "--set", "lora.experts=true", "--set", f"run.output_dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = result.stderr[result.stderr.index("LoRA coverage") :]
+    for group in ("attention", "dense MLP", "shared experts", "routed experts", "router"):
+        assert group in table
+    assert not (tmp_path / "demo").exists()
+
+
+def test_experts_opt_in_is_refused_on_a_dense_model(tmp_path):
+    from glmtune.errors import UsageError
+
+    recipe = recipe_for(tmp_path, "tiny-glm4", "lora.experts=true")
+    family, _ = tiny_specs()["tiny-glm4"]
+    with pytest.raises(UsageError, match="lora.experts"):
+        apply_method(load_model(builtin_path("tiny-glm4")), recipe, family, quiet=True)
+
+
+def lora_export_chat(tmp_path, capsys, name):
+    """LoRA on every group (experts too): loss falls, adapters where the table says, the export reloads with
+    verified logits, drops the MTP layer count deliberately, and chats."""
+    run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "lora.experts=true", "train.max_steps=6"))
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["summary"]["last_loss"] < run["summary"]["first_loss"]
+    adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    for part in ("self_attn", "mlp.experts", "mlp.shared_experts", "layers.0.mlp.gate_proj"):
+        assert any(part in key for key in adapter), part
+    out = export_run(run_dir, tmp_path / "export")  # raises unless the reloaded logits match base + adapter
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_nextn_predict_layers"] == 0
+    card = (out / "README.md").read_text()
+    assert (
+        "num_nextn_predict_layers" in card and "--tool-call-parser" in card and "--reasoning-parser" in card
+    )
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert len(generation["eos_token_id"]) == 3
+    capsys.readouterr()
+    chat(out, query="Who are you?", max_new_tokens=4)
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_tiny_glm4_7_flash_lora_trains_exports_and_chats(tmp_path, capsys):
+    lora_export_chat(tmp_path, capsys, "tiny-glm4.7-flash")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-glm4.5", "tiny-glm5.1", "tiny-glm5.2"])
+def test_release_tiny_lora_trains_exports_and_chats(tmp_path, capsys, name):
+    lora_export_chat(tmp_path, capsys, name)
+
+
+@pytest.mark.parametrize("name", ["tiny-glm5.1"])
+def test_release_tiny_full_fine_tuning_exports(tmp_path, name):
+    run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "method.kind='full'", "train.max_steps=3"))
+    assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
+    out = export_run(run_dir, tmp_path / "export")
+    merged = load_file(out / "model.safetensors")
+    assert any(".experts." in key for key in merged) and all(torch.isfinite(t).all() for t in merged.values())
 
 
 def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "demo.toml", [f"run.output_dir={tmp_path}", "model.path='builtin:tiny-glm4-moe'",
-                                                         "train.max_steps=6", "train.logging_steps=1"])  # fmt: skip
+    recipe = recipe_for(
+        tmp_path, "tiny-glm4-moe", "train.max_steps=6", "train.logging_steps=1", "lora.experts=true"
+    )
     run_dir = train(recipe)
     run = json.loads((run_dir / "run.json").read_text())
     assert run["family"] == "glm4" and run["summary"]["last_loss"] < run["summary"]["first_loss"]
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert any("self_attn" in name for name in adapter) and any("mlp.experts" in name for name in adapter)
+    assert any("mlp.shared_experts" in name for name in adapter)
     out = export_run(run_dir, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "glm4_moe"
@@ -27,10 +142,15 @@ def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
     assert all(torch.isfinite(t).all() for t in merged.values())
 
 
-def test_tiny_glm4_moe_full_fine_tuning_exports(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "demo.toml", [f"run.output_dir={tmp_path}", "model.path='builtin:tiny-glm4-moe'",
-                                                         "method.kind='full'", "train.max_steps=3"])  # fmt: skip
-    run_dir = train(recipe)
-    assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
-    out = export_run(run_dir, tmp_path / "export")
-    assert json.loads((out / "config.json").read_text())["model_type"] == "glm4_moe"
+def test_zero3_marks_each_moe_block_a_leaf_and_other_stages_nothing(tmp_path):
+    from deepspeed.utils import get_z3_leaf_modules
+
+    from glmtune.training.launch import register_moe_leaves
+
+    model = load_model(builtin_path("tiny-glm5.1"))
+    zero3 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero3'")
+    zero2 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero2'")
+    assert register_moe_leaves(model, zero2) == [] and get_z3_leaf_modules(model) == []
+    assert register_moe_leaves(model, zero3) == ["GlmMoeDsaMoE"]
+    sparse = model.config.num_hidden_layers - model.config.first_k_dense_replace
+    assert [type(m).__name__ for m in get_z3_leaf_modules(model)] == ["GlmMoeDsaMoE"] * sparse

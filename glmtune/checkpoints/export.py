@@ -143,6 +143,7 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     base_dtype = _base_dtype(run)
     model = model.to(getattr(torch, base_dtype))
     stamp_native(model, tokenizer, family, generation_kwargs(recipe.generation))
+    drop_mtp_layers(model.config)
     code = model_code(model)
     model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
     save_with_code(model, folder, code, max_shard_size=recipe.export.max_shard_size)
@@ -152,6 +153,7 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     write_inference_tokenizer_config(folder / "tokenizer_config.json", tokenizer.model_input_names)
     (folder / f"{CHAT_MODULE}.py").write_text(chat_module(code.base_import), encoding="utf-8")
     card = model_card(run, family, type(model).__name__, base_dtype, remote=code.remote)
+    card += serving_notes(family, _base_config(run).get("num_nextn_predict_layers", 0))
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -186,9 +188,49 @@ def generation_kwargs(generation: GenerationSection) -> dict[str, Any]:
     return kwargs
 
 
+def serving_notes(family: Family, mtp_layers: int) -> str:
+    """The card's serving section: vLLM's parsers for the family, and what became of the base's MTP layers."""
+    notes = []
+    if family.vllm_tool_parser or family.vllm_reasoning_parser:
+        flags = " ".join(
+            f"--{flag} {parser}"
+            for flag, parser in (
+                ("tool-call-parser", family.vllm_tool_parser),
+                ("reasoning-parser", family.vllm_reasoning_parser),
+            )
+            if parser
+        )
+        notes.append(
+            f"Serve with vLLM (tool calls and reasoning parsed):\n\n```\nvllm serve PATH {flags}\n```\n"
+        )
+    if mtp_layers:
+        notes.append(
+            f"The base has {mtp_layers} multi-token-prediction (MTP) layer(s) (`num_nextn_predict_layers`), which "
+            "transformers neither loads nor trains; this export carries none and sets `num_nextn_predict_layers` "
+            "to 0, so vLLM and llama.cpp load it as a plain model (no MTP speculative decoding).\n"
+        )
+    return "".join(f"\n{note}" for note in notes)
+
+
+def _base_config(run: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((base_model_folder(run) / "config.json").read_text(encoding="utf-8"))
+
+
 def _base_dtype(run: dict[str, Any]) -> str:
-    config = json.loads((base_model_folder(run) / "config.json").read_text(encoding="utf-8"))
+    config = _base_config(run)
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def drop_mtp_layers(config) -> int:
+    """Set the multi-token-prediction layer count (config `num_nextn_predict_layers`) to 0; returns the base's count.
+
+    transformers builds no MTP layer (it skips those weights on load), so a merged export has none to save: with
+    the base's count left in, vLLM's MTP speculative decoding and llama.cpp's converter would look for tensors that
+    are not there. The card states it."""
+    count = int(getattr(config, "num_nextn_predict_layers", 0) or 0)
+    if count:
+        config.num_nextn_predict_layers = 0
+    return count
 
 
 def verify_export(folder: Path, probes, expected, saved_dtype: str = "float32") -> float:

@@ -9,6 +9,7 @@ load like native ones.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,24 @@ def base_model_folder(run: dict[str, Any]) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def exact_lora_targets():
+    """peft as glmtune uses it: the adapter's target modules and parameters exactly as written.
+
+    peft (0.21) rewrites, on transformers 5, any `gate_proj`/`up_proj`/`down_proj` target of an MoE model onto the
+    fused routed experts (its conversion of transformers-4 adapters), which would strip the adapters of the dense
+    MLP and the shared experts and adapt the experts unasked. glmtune names every target in full itself (and writes
+    adapters that way), so that conversion is switched off while peft builds or loads one."""
+    from peft.utils import transformers_weight_conversion as conversion
+
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original
+
+
 def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, merge: bool):
     """Base + the run's adapter; the loading switches come from the run's recipe.toml, never from run.json."""
     from peft import PeftModel
@@ -249,6 +268,6 @@ def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, me
         trust_remote_code=switches.trust_remote_code,
         family=get_family(run["family"]),
     )
-    with loading(run_dir / "adapter", "adapter"):
+    with loading(run_dir / "adapter", "adapter"), exact_lora_targets():
         model = PeftModel.from_pretrained(base, run_dir / "adapter", local_files_only=True)
     return model.merge_and_unload() if merge else model

@@ -100,7 +100,8 @@ class Signature:
     """One kind of folder a family recognises as its own: every condition given must hold.
 
     `template_markers` must all occur in the shipped chat template (so a folder without one never matches), and
-    `template_lacks` must not; `no_template` asks for a folder that ships none. `layout` says how the folder's
+    `template_lacks` must not; `template_is` asks for exactly that template (the record's own generated one, which
+    glmtune's tiny folders ship); `no_template` asks for a folder that ships none. `layout` says how the folder's
     weights are stored: "native" (a transformers model_type) or "original" (the family's `OriginalLayout`).
     """
 
@@ -111,6 +112,7 @@ class Signature:
     files: tuple[str, ...] = ()  # files the folder must hold
     template_markers: tuple[str, ...] = ()
     template_lacks: tuple[str, ...] = ()
+    template_is: str = ""
     no_template: bool = False
 
     def matches(self, facts: FolderFacts) -> bool:
@@ -122,6 +124,7 @@ class Signature:
             and all(name in facts.files for name in self.files)
             and all(marker in template for marker in self.template_markers)
             and not any(marker in template for marker in self.template_lacks)
+            and (not self.template_is or template == self.template_is)
             and not (self.no_template and template)
         )
 
@@ -194,6 +197,9 @@ class TinySpec:
     split_pattern: str = ""  # native: the pre-tokenizer regex of the trained tokenizer
     tokenizer_pieces: int = (
         0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
+    )
+    source: str = (
+        ""  # native: the official config.json (in the shared glm-models folder) `config` scales down
     )
 
 

@@ -92,9 +92,8 @@ GLM4_CHAT_TEMPLATE = (
 # The official ChatGLM3-6B template plus the metadata line (the official one drops it).
 
 
-# GLM-4.5 (glm4_moe): attention and the MLP projections. In transformers 5 the routed experts are fused 3-D parameters;
-# peft (0.21) maps gate/up/down_proj onto them (LoRA on `mlp.experts` parameters), and then leaves the dense first
-# layers and the shared experts, which carry the same names, unadapted.
+# glm4_moe (tiny-glm4-moe): attention and every nn.Linear gate/up/down_proj (dense first layers, shared experts); the
+# fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the exact weights).
 _MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature
+from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
+from glmtune.families.glm4 import SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
     family="glm4_5",
@@ -30,9 +31,46 @@ FORMAT = think_xml.ThinkXmlFormat(
     tools_as_functions=False,
     has_clear_thinking=False,
 )
-# GLM-4.5 (glm4_moe): LoRA on attention and the MLP projections; in transformers 5 the routed experts are fused 3-D
-# parameters that peft maps gate/up/down_proj onto, leaving the dense first layers and shared experts unadapted.
+# GLM-4.5 (glm4_moe): LoRA on the attention projections and every nn.Linear gate/up/down_proj (the dense first
+# layers and the shared experts). The routed experts are fused 3-D tensors, adapted only with `[lora] experts`.
 MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# GLM-4.5's config.json (../shared/assets/glm-models/glm-4.5/config.json) scaled down: every switch as shipped,
+# sizes shrunk (2 layers: one dense, one MoE; 4 routed experts).
+TINY_CONFIG = {
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "hidden_act": "silu",
+    "partial_rotary_factor": 0.5,
+    "use_qk_norm": True,
+    "norm_topk_prob": True,
+    "n_group": 1,
+    "topk_group": 1,
+    "n_shared_experts": 1,
+    "routed_scaling_factor": 2.5,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000,
+    "num_nextn_predict_layers": 1,
+    "use_cache": True,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "first_k_dense_replace": 1,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+}
+TINY = (
+    TinySpec(
+        "tiny-glm4.5",
+        "native",
+        model_type="glm4_moe",
+        config=TINY_CONFIG,
+        split_pattern=SPLIT_PATTERN,
+        source="glm-4.5/config.json",
+    ),
+)
+
+CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
 
 
 def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
@@ -47,8 +85,9 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     stop_tokens=think_xml.STOP_TOKENS,
     layout=_layout,
-    chat_template=think_xml_template.chat_template(FORMAT),
+    chat_template=CHAT_TEMPLATE,
     detection=(
+        Signature(model_types=("glm4_moe",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
         Signature(
             model_types=("glm4_moe",),
             template_markers=("<arg_key>", "/nothink"),
@@ -57,6 +96,9 @@ FAMILY = Family(
     ),
     lora_targets={"glm4_moe": MOE_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,
+    tiny=TINY,
     parse_reply=think_xml.parse_reply,
     partial_reply=think_xml.partial_reply,
+    vllm_tool_parser="glm45",
+    vllm_reasoning_parser="glm45",
 )

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature
+from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
+from glmtune.families.glm4 import SPLIT_PATTERN
 from glmtune.families.glm4_7 import MLA_TARGETS
 
 FORMAT = think_xml.ThinkXmlFormat(
@@ -30,6 +31,64 @@ FORMAT = think_xml.ThinkXmlFormat(
     tools_as_functions=True,
     effort_system=True,
 )
+
+# GLM-5.2's config.json (../shared/assets/glm-models/glm-5.2/config.json) scaled down: every switch as shipped
+# (MLA, the DSA indexer, sigmoid routing), sizes shrunk (2 layers: one
+# dense, one MoE; 4 routed experts; MLA ranks, head dims and the indexer quartered or less).
+TINY_CONFIG = {
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "hidden_act": "silu",
+    "ep_size": 1,
+    "indexer_rope_interleave": True,
+    "rope_interleave": True,
+    "moe_layer_freq": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_parameters": {"rope_theta": 8000000, "rope_type": "default"},
+    "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc",
+    "num_nextn_predict_layers": 1,
+    "use_cache": True,
+    "index_share_for_mtp_iteration": True,
+    "index_skip_topk_offset": 3,
+    "index_topk_freq": 4,
+    "moe_router_dtype": "float32",
+    "indexer_types": ["full", "shared"],  # the shipped schedule's full-then-shared pattern
+    "mlp_layer_types": ["dense", "sparse"],
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "first_k_dense_replace": 1,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+    "q_lora_rank": 96,
+    "kv_lora_rank": 64,
+    "qk_nope_head_dim": 48,
+    "qk_rope_head_dim": 16,
+    "head_dim": 16,
+    "v_head_dim": 64,
+    "index_head_dim": 32,
+    "index_n_heads": 2,
+    "index_topk": 16,
+}
+TINY = (
+    TinySpec(
+        "tiny-glm5.2",
+        "native",
+        model_type="glm_moe_dsa",
+        config=TINY_CONFIG,
+        split_pattern=SPLIT_PATTERN,
+        source="glm-5.2/config.json",
+    ),
+)
+
+CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
 
 
 def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
@@ -44,8 +103,9 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     stop_tokens=think_xml.STOP_TOKENS,
     layout=_layout,
-    chat_template=think_xml_template.chat_template(FORMAT),
+    chat_template=CHAT_TEMPLATE,
     detection=(
+        Signature(model_types=("glm_moe_dsa",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
         Signature(
             model_types=("glm_moe_dsa",),
             template_markers=("<arg_key>", "Reasoning Effort", "enable_thinking"),
@@ -53,6 +113,9 @@ FAMILY = Family(
     ),
     lora_targets={"glm_moe_dsa": MLA_TARGETS},
     turn_end_note=think_xml.TURN_END_NOTE,
+    tiny=TINY,
     parse_reply=think_xml.parse_reply,
     partial_reply=think_xml.partial_reply,
+    vllm_tool_parser="glm47",
+    vllm_reasoning_parser="glm45",
 )

@@ -32,6 +32,8 @@ FORMAT = think_xml.ThinkXmlFormat(
     has_thinking_switch=False,
 )
 
+CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
+
 
 def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     return think_xml.layout(FORMAT, messages, options)
@@ -45,8 +47,9 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     stop_tokens=think_xml.STOP_TOKENS,
     layout=_layout,
-    chat_template=think_xml_template.chat_template(FORMAT),
+    chat_template=CHAT_TEMPLATE,
     detection=(
+        Signature(model_types=("glm5_next",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
         Signature(
             model_types=("glm5_next",),
             template_markers=("<arg_key>", "Reasoning Effort"),
@@ -57,4 +60,6 @@ FAMILY = Family(
     turn_end_note=think_xml.TURN_END_NOTE,
     parse_reply=think_xml.parse_reply,
     partial_reply=think_xml.partial_reply,
+    vllm_tool_parser="glm47",
+    vllm_reasoning_parser="glm45",
 )

@@ -206,6 +206,22 @@ def init_distributed(recipe: Recipe) -> None:
     PartialState(backend="nccl" if has_cuda() else "gloo")
 
 
+def register_moe_leaves(model, recipe: Recipe) -> list[str]:
+    """Under ZeRO-3, make each MoE block (a module holding routed `experts`) one ZeRO-3 leaf: its parameters are
+    gathered together, whichever experts this rank's tokens reach. Otherwise ranks whose tokens route differently
+    fetch different parameters and can wait on each other forever. Returns the leaf classes' names."""
+    if zero_stage(deepspeed_config(recipe)) != 3:
+        return []
+    classes = sorted(
+        {type(module) for module in model.modules() if hasattr(module, "experts")}, key=lambda c: c.__name__
+    )
+    if classes:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, classes)
+    return [c.__name__ for c in classes]
+
+
 def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[str, float]:
     """Per-GPU memory in GiB for weights, gradients, optimizer states and activations (ZeRO partitioning applied)."""
     from glmtune.checkpoints.load import torch_dtype

@@ -47,6 +47,7 @@ from glmtune.training.launch import (
     has_cuda,
     init_distributed,
     plan_launch,
+    register_moe_leaves,
     run_workers,
     zero_stage,
 )
@@ -131,6 +132,9 @@ def train_here(
     if recipe.launch.quantize != "none":
         model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
     model = apply_method(model, recipe, base.family)
+    leaves = register_moe_leaves(model, recipe)
+    if leaves and args.process_index == 0:
+        term.step(f"ZeRO-3 leaf modules (each gathered whole): {', '.join(leaves)}")
     if args.process_index == 0:
         update_run(run_dir, status="training")
     plan = batching(recipe, base.family, base.tokenizer, model)
