@@ -272,7 +272,7 @@ def render(
         raise UsageError("glmtune render: give MODEL_DIR DATA, or --family NAME DATA")
     if ids and source is None:
         raise UsageError("glmtune render --ids: give MODEL_DIR, whose tokenizer makes the ids")
-    folder = resolve_model_path(source, "MODEL_DIR") if source else None
+    folder = resolve_model_path(source, "MODEL_DIR", weights=False) if source else None
     record = get_family(str(family)) if family or folder is None else detect_family(folder)
     tokenizer = load_tokenizer(folder, False, record) if ids and folder else None
     thinking: Literal["template", "off"] = "off" if enable_thinking == Switch.false else "template"

@@ -13,11 +13,11 @@ import torch
 from conftest import write_recipe
 
 from glmtune.checkpoints.export import CHAT_MODULE, TEMPLATE_BASE_IMPORT, TRANSFORMERS_4_CHECKED, export_run
-from glmtune.checkpoints.load import family_for, load_for_inference, load_tokenizer
+from glmtune.checkpoints.load import load_for_inference, load_tokenizer
 from glmtune.checkpoints.templates.modeling_glmtune_chat import chat_prompt_ids
 from glmtune.checkpoints.tiny import builtin_path
 from glmtune.data.render import render_conversation
-from glmtune.families import Message
+from glmtune.families import Message, detect_family
 from glmtune.inference.chat import chat
 from glmtune.inference.generation import generate_answers
 from glmtune.recipe import load_recipe
@@ -139,7 +139,7 @@ def test_chat_shim_keeps_typed_special_tokens_as_text(exported):
 @pytest.mark.parametrize("name", ["tiny-glm4", "tiny-glm", "tiny-chatglm3", "tiny-chatglm2"])
 def test_chat_shim_prompt_ids_equal_the_renderer(name):
     folder = builtin_path(name)
-    family, tokenizer = family_for(folder), load_tokenizer(folder)
+    family, tokenizer = detect_family(folder), load_tokenizer(folder)
     conversation = [
         Message("system", "Be <|system|> brief."),
         Message("user", "你好 <|user|>"),

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from glmtune.errors import UsageError
 from glmtune.recipe import LaunchSection, load_recipe
 from glmtune.training.launch import BACKENDS, estimate_memory, plan_launch
-from glmtune.training.train import meta_model, train
+from glmtune.training.train import train
 
 DEMO = ROOT / "recipes" / "demo.toml"
 
@@ -78,14 +78,14 @@ def test_every_strategy_a_recipe_accepts_has_a_backend():
 
 
 def test_memory_estimate_reads_offload_from_the_resolved_deepspeed_config(tmp_path):
-    from glmtune.checkpoints.load import resolve_model_path
+    from glmtune.checkpoints.load import open_base
 
     preset = json.loads((ROOT / "glmtune" / "training" / "presets" / "zero3_offload.json").read_text())
     (tmp_path / "mine.json").write_text(json.dumps(preset))  # offloads, though its name does not say so
     estimates = {}
     for zero in ("zero3", "zero3_offload", str(tmp_path / "mine.json")):
         recipe = demo(tmp_path, "launch.strategy='deepspeed'", f"launch.zero='{zero}'", "method.kind='full'")
-        model = meta_model(resolve_model_path(recipe.model.path), recipe)
+        model = open_base(recipe.model).meta_model()
         total = sum(p.numel() for p in model.parameters())
         estimates[zero] = estimate_memory(model, recipe, total, total)
     mine = estimates[str(tmp_path / "mine.json")]
@@ -117,7 +117,8 @@ def test_nan_watchdog_names_the_step_and_what_to_try(tmp_path, loss):
     state = TrainerState(global_step=17)
     NanWatchdog().on_log(args, state, TrainerControl(), logs={"loss": 1.25})
     with pytest.raises(
-        UsageError, match=r"loss became (nan|inf) at step 17 \(fp32\); lower train.learning_rate"
+        UsageError,
+        match=r"loss became (nan|inf) at step 17 \(fp32\); the run stopped; lower train.learning_rate",
     ):
         NanWatchdog().on_log(args, state, TrainerControl(), logs={"loss": loss})
 

@@ -119,15 +119,15 @@ def test_fused_loss_equals_the_plain_loss_on_cuda():
 
 
 def test_memory_estimate_counts_the_logits_and_what_the_chunked_loss_saves():
+    from glmtune.checkpoints.load import open_base
     from glmtune.recipe import recipe_from_dict
     from glmtune.training.launch import estimate_memory
-    from glmtune.training.train import meta_model
 
     def estimate(loss: str):
         recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4", "dtype": "bfloat16"},
                                    "data": {"max_length": 2048}, "train": {"batch_size": 4, "loss": loss}},
                                   where="test")  # fmt: skip
-        model = meta_model(builtin_path("tiny-glm4"), recipe)
+        model = open_base(recipe.model).meta_model()
         return estimate_memory(model, recipe, 1000, 10_000)
 
     plain, chunked = estimate("plain"), estimate("chunked")

@@ -131,17 +131,10 @@ def test_full_fine_tuning_exports_changed_original_weights(tmp_path):
     assert any(not torch.equal(base[name], tuned[name]) for name in base)
 
 
-def test_export_original_layout_needs_an_original_base(tiny_dir, tmp_path):
-    run = {
-        "status": "complete",
-        "family": "glm4",
-        "weights": "adapter",
-        "base_model": {"path": str(tiny_dir)},
-    }
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+def test_export_original_layout_needs_an_original_base(tmp_path):
+    run_dir = train(tiny_recipe(tmp_path, "builtin:tiny-glm4", "train.max_steps=1"))
     with pytest.raises(UsageError, match="not in an original remote-code layout"):
-        export_run(tmp_path / "run", tmp_path / "out", layout="original")
+        export_run(run_dir, tmp_path / "out", layout="original")
     assert not (tmp_path / "out").exists()
 
 

@@ -51,12 +51,14 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_model_folder(folder: Path) -> None:
-    """config.json, the tokenizer files and the weights' headers are there, readable and agree with each other."""
+def check_model_folder(folder: Path, tokenizer: bool = True) -> None:
+    """config.json, the tokenizer files (unless kept apart, as a run directory keeps them) and the weights' headers
+    are there, readable and agree with each other."""
     config = read_json_object(folder / "config.json")
     if not isinstance(config.get("model_type"), str):
         raise UsageError(f"{folder / 'config.json'}: no model_type; this is not a transformers model config")
-    check_tokenizer_folder(folder)
+    if tokenizer:
+        check_tokenizer_folder(folder)
     shapes = _weight_shapes(folder)
     if shapes:
         _check_config_fits(folder / "config.json", config, shapes)
@@ -175,7 +177,7 @@ def trained_run(run_dir: Path) -> dict[str, Any]:
     recipe = run_recipe(run_dir)
     check_tokenizer_folder(run_dir / "tokenizer")
     if run["weights"] == "model":
-        check_model_folder(run_dir / "model")
+        check_model_folder(run_dir / "model", tokenizer=False)  # the run's tokenizer/ was checked above
     else:
         check_adapter(run_dir / "adapter", allow_pickle=recipe.model.allow_pickle)
     return run

@@ -53,10 +53,6 @@ class Base:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
 
-    def loading_flags(self) -> dict[str, bool]:
-        """What run.json records so that export, chat and eval reload the base the same way."""
-        return {"allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
-
 
 def open_base(model: ModelSection) -> Base:
     """The recipe's [model]: its folder (builtin, native or original layout), family and tokenizer, resolved once."""
@@ -66,7 +62,9 @@ def open_base(model: ModelSection) -> Base:
     return Base(path, family, tokenizer, model.trust_remote_code, model.allow_pickle)
 
 
-def resolve_model_path(path: str, key: str = "model.path") -> Path:
+def resolve_model_path(path: str, key: str = "model.path", *, weights: bool = True) -> Path:
+    """The local folder `path` names; with `weights` False (`glmtune render`), a folder of config and template
+    files is enough."""
     if path.startswith("builtin:"):
         from glmtune.checkpoints.tiny import builtin_path
 
@@ -83,7 +81,8 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
         )
     if not (folder / "config.json").is_file():
         raise UsageError(f"{key}: {path} has no config.json; it is not a model folder")
-    check_model_folder(folder)
+    if weights:
+        check_model_folder(folder)
     return folder
 
 
