@@ -76,6 +76,8 @@ demo:
 	$(BIN)/glmtune eval runs/demo
 	$(BIN)/glmtune export runs/demo --out runs/demo-export --overwrite
 	$(BIN)/glmtune chat runs/demo-export --query "你是谁？"
+	@echo "try it from an OpenAI client: $(BIN)/glmtune serve runs/demo-export   (http://127.0.0.1:8000/v1)"
+	@echo "or in a browser:              $(BIN)/glmtune web runs/demo --base --data data/labelled.jsonl"
 
 bench:
 	$(BIN)/python -m glmtune.bench
