@@ -21,7 +21,10 @@ def test_a_builtin_base_opens_with_its_family_and_tokenizer():
 def test_an_original_layout_base_loads_through_its_family(tmp_path):
     base = open_base(ModelSection(path="builtin:tiny-chatglm3", family="chatglm3", allow_pickle=True))
     assert base.family.name == "chatglm3"
-    assert (base.allow_pickle, base.trust_remote_code) == (True, False)  # the recipe's switches, carried along
+    assert (base.allow_pickle, base.trust_remote_code) == (
+        True,
+        False,
+    )  # the recipe's switches, carried along
     model = base.load_model(dtype="float32")
     ids = torch.tensor(
         [[special_token_id(base.tokenizer, "[gMASK]"), special_token_id(base.tokenizer, "sop")]]
