@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,40 @@ logging_steps = 1
 max_new_tokens = 6
 """
     return load_recipe(write_recipe(folder, body), list(overrides))
+
+
+@contextmanager
+def cli_server(
+    args: list[str], ready: str, log: Path, headers: dict[str, str] | None = None, wait_s: float = 180
+):
+    """`glmtune ARGS --port P` in a subprocess on a free local port; yields its base URL once GET `ready` answers 200."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "glmtune.cli", *args, "--port", str(port)],
+                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{args[0]} exited: {log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{args[0]} did not start: {log.read_text()}")
+            try:
+                if httpx.get(url + ready, headers=headers, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

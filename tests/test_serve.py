@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import cli_server
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -30,50 +28,12 @@ QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "glmtune.cli",
-        "serve",
-        str(tiny_dir),
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-    ]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {log.read_text()}")
-        try:
-            if (
-                httpx.get(
-                    f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=1
-                ).status_code
-                == 200
-            ):
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {log.read_text()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with cli_server(["serve", str(tiny_dir), "--api-key", KEY], "/v1/models", log, auth) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_server
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("gradio")
@@ -28,12 +28,6 @@ if not Path(CHROMIUM).is_file():
 QUESTION = "你是谁？"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def labels(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("labels") / "labelled.jsonl"
@@ -41,37 +35,9 @@ def labels(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page_url(tiny_dir, labels, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("web") / "web.log"
-    command = [
-        sys.executable,
-        "-m",
-        "glmtune.cli",
-        "web",
-        str(tiny_dir),
-        "--port",
-        str(port),
-        "--data",
-        str(labels),
-    ]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"web exited: {log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"web did not start: {log.read_text()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with cli_server(["web", str(tiny_dir), "--data", str(labels)], "/", log) as url:
+        yield url + "/"
 
 
 @pytest.fixture(scope="module")
