@@ -1,23 +1,22 @@
 """Read training data files into conversations: alpaca, context/target, messages and sharegpt records.
 
 Files are `.json` (a list of records) or `.jsonl` (one record per line); a folder stands for the data files in it.
-The format is detected per file from its first record unless the recipe names one. `{{placeholders}}` are filled
-from `[data] variables`. Every problem names the file and line (or record) it comes from.
+The format is detected per file from its first record unless the recipe names one. Placeholders are filled
+from `[data] variables` (glmtune.data.placeholders). Every problem names the file and line (or record) it comes from.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.data.placeholders import fill
 from glmtune.errors import UsageError
 from glmtune.families import ROLES, Message
 
-PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -35,6 +34,7 @@ MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
 class Example:
     messages: list[Message]
     origin: str  # "file:line", for messages
+    source: str = ""  # the data source it was read from (a registry entry or a file's stem), for stats
 
 
 def data_files(paths: list[str], key: str) -> list[Path]:
@@ -57,15 +57,26 @@ def data_files(paths: list[str], key: str) -> list[Path]:
 
 
 def read_examples(
-    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+    paths: list[str],
+    key: str,
+    fmt: str,
+    variables: Mapping[str, str],
+    system: str | None,
+    *,
+    placeholders: str = "{{name}}",
+    transform: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> list[Example]:
+    """Examples of the data files `paths`; `transform` maps each raw record (and its origin) to a canonical one
+    before the format is detected (column mapping, see `glmtune.data.sources`)."""
     examples = []
     for file in data_files(paths, key):
         file_format = fmt
         for origin, record in _records(file):
+            if transform is not None:
+                record = transform(record, origin)
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-            record = _fill(record, variables, origin)
+            record = fill(record, variables, placeholders, origin)
             examples.append(Example(to_messages(record, file_format, origin, system), origin))
     return examples
 
@@ -119,25 +130,6 @@ def detect_format(record: Mapping[str, Any], origin: str) -> str:
         f"{origin}: cannot tell the data format from keys {sorted(record)}; "
         "use alpaca (instruction/output), context/target, messages or sharegpt records, or set data.format"
     )
-
-
-def _fill(value: Any, variables: Mapping[str, str], origin: str) -> Any:
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in variables:
-                raise UsageError(
-                    f'{origin}: placeholder {{{{{name}}}}} has no value; add {name} = "..." under [data.variables]'
-                )
-            return variables[name]
-
-        return PLACEHOLDER.sub(substitute, value)
-    if isinstance(value, list):
-        return [_fill(v, variables, origin) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, variables, origin) for k, v in value.items()}
-    return value
 
 
 def to_messages(record: Mapping[str, Any], fmt: str, origin: str, system: str | None) -> list[Message]:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from glmtune import __version__
-from glmtune.data.formats import Example, data_files, read_examples
+from glmtune.data.formats import Example
 from glmtune.data.render import Rendered, render_conversation, render_sample
+from glmtune.data.sources import read_splits, source_files
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
 from glmtune.recipe import DataSection
 from glmtune.rundir import atomic_write_text, staged_dir
 
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
+SOURCES_FILE = "sources.json"  # per source: records read, held out, drawn, samples, tokens, truncations
+SOURCE_COUNTS = ("samples", "tokens", "truncated", "dropped")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Prepared:
     splits: dict[str, Any]  # split name -> datasets.Dataset with input_ids, labels
     stats: dict[str, dict[str, float]]
     reused: bool
+    sources: dict[str, Any] = field(default_factory=dict)  # sources.json: seed, per-source counts, warnings
 
 
 def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> Prepared:
@@ -43,10 +47,14 @@ def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> 
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
         stats = json.loads((folder / "stats.json").read_text())
         splits = {name: load_from_disk(str(folder / name)) for name in stats}
-        return Prepared(folder, splits, stats, reused=True)
-    rendered = {"train": _render_split(data, data.train, "data.train", family, tokenizer)}
-    if data.eval:
-        rendered["eval"] = _render_split(data, data.eval, "data.eval", family, tokenizer)
+        sources_file = folder / SOURCES_FILE
+        sources = json.loads(sources_file.read_text(encoding="utf-8")) if sources_file.is_file() else {}
+        return Prepared(folder, splits, stats, reused=True, sources=sources)
+    read = read_splits(data)
+    by_source: dict[str, dict[str, int]] = {}
+    rendered = {"train": _render_split(data, read.train, "data.train", family, tokenizer, by_source)}
+    if read.eval:
+        rendered["eval"] = _render_split(data, read.eval, "data.eval", family, tokenizer, {})
     with staged_dir(folder) as staging:
         splits = {}
         for name, (dataset, _) in rendered.items():
@@ -54,23 +62,30 @@ def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> 
             splits[name] = dataset
         stats = {name: split_stats for name, (_, split_stats) in rendered.items()}
         atomic_write_text(staging / "stats.json", json.dumps(stats, indent=2) + "\n")
+        sources = {"seed": data.seed, "sources": [s | by_source.get(s["name"], {}) for s in read.sources],
+                   "warnings": read.warnings}  # fmt: skip
+        atomic_write_text(staging / SOURCES_FILE, json.dumps(sources, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(staging / "fingerprint.txt", fingerprint + "\n")
     splits = {name: load_from_disk(str(folder / name)) for name in rendered}
-    return Prepared(folder, splits, stats, reused=False)
+    return Prepared(folder, splits, stats, reused=False, sources=sources)
 
 
-def _render_split(data: DataSection, paths: list[str], key: str, family: Family, tokenizer):
+def _render_split(data: DataSection, examples: list[Example], key: str, family: Family, tokenizer,
+                  by_source: dict[str, dict[str, int]]):  # fmt: skip
     from datasets import Dataset
 
-    examples = read_examples(paths, key, data.format, data.variables, data.system)
     columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     counts = {"truncated": 0, "dropped": 0}
     for example in examples:
         sample = render_example(example, data, family, tokenizer)
+        tally = by_source.setdefault(example.source, dict.fromkeys(SOURCE_COUNTS, 0))
         if sample.status != "ok":
             counts[sample.status] += 1
+            tally[sample.status] += 1
         if sample.status == "dropped":
             continue
+        tally["samples"] += 1
+        tally["tokens"] += len(sample.ids)
         columns["input_ids"].append(sample.ids)
         columns["labels"].append(
             [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
@@ -116,10 +131,9 @@ def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     digest.update(family.name.encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     digest.update(layout_fingerprint(family, tokenizer).encode())
-    for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
-        for file in data_files(paths, key):
-            digest.update(str(file.resolve()).encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for file in source_files(data):
+        digest.update(str(file.resolve()).encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -146,6 +160,20 @@ def stats_rows(stats: dict[str, dict[str, float]]) -> tuple[list[str], list[list
     return ["", *names], [[key, *(stats[name][key] for name in names)] for key in keys]
 
 
+def report_prepared(prepared: Prepared, title: str) -> None:
+    """The stats table, the per-source table (when there are several sources or a mix) and the data warnings."""
+    from glmtune.console import term
+
+    term.table(title, *stats_rows(prepared.stats))
+    sources = prepared.sources.get("sources", [])
+    if len(sources) > 1 or any("weight" in s or "samples" in s or s["held_out"] for s in sources):
+        keys = ["records", "held_out", "drawn", *SOURCE_COUNTS]
+        term.table(f"train sources (data.seed {prepared.sources['seed']})", ["source", *keys],
+                   [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources])  # fmt: skip
+    for warning in prepared.sources.get("warnings", []):
+        term.warn(warning)
+
+
 def prepare_run(recipe, show: int = 0) -> Prepared:
     """`glmtune prepare`: tokenize into the run's data folder, print stats and optionally N rendered samples."""
     from glmtune.checkpoints.load import family_for, load_tokenizer, quiet_libraries, resolve_model_path
@@ -158,7 +186,7 @@ def prepare_run(recipe, show: int = 0) -> Prepared:
     family = family_for(base, recipe.model.family)
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     prepared = prepare_data(recipe.data, family, tokenizer, run_dir_of(recipe) / "data")
-    term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
+    report_prepared(prepared, f"data {'reused' if prepared.reused else 'prepared'}")
     for index in range(min(show, len(prepared.splits["train"]))):
         row = prepared.splits["train"][index]
         mask = [label != IGNORE_INDEX for label in row["labels"]]

@@ -16,8 +16,9 @@ from rich.markup import escape
 from glmtune.checkpoints.export import generation_kwargs
 from glmtune.checkpoints.load import Loaded, load_for_inference, quiet_libraries
 from glmtune.console import term
-from glmtune.data.formats import read_examples
+from glmtune.data.formats import Example
 from glmtune.data.prepare import IGNORE_INDEX, render_example
+from glmtune.data.sources import examples_of, read_splits
 from glmtune.errors import UsageError
 from glmtune.inference.generation import generate_answers
 from glmtune.inference.metrics import METRIC_NOTES, generation_scores
@@ -56,12 +57,13 @@ def _has_adapter(loaded: Loaded) -> bool:
 
 def score(loaded: Loaded, recipe: Recipe) -> dict[str, float]:
     scores: dict[str, float] = {}
-    if recipe.data.eval:
-        loss = eval_loss(loaded, recipe)
+    held_out = read_splits(recipe.data).eval if recipe.data.has_eval else []
+    if held_out:
+        loss = eval_loss(loaded, recipe, held_out)
         scores |= {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    pairs_from = recipe.eval.data or recipe.data.eval
-    if pairs_from:
-        scores |= generation_metrics(loaded, recipe, pairs_from)
+    pairs = examples_of(recipe.eval.data, "eval.data", recipe.data) if recipe.eval.data else held_out
+    if pairs:
+        scores |= generation_metrics(loaded, recipe, pairs)
     if not scores:
         raise UsageError(
             "nothing to evaluate: set data.eval (loss) or eval.data (generation metrics) in the recipe"
@@ -69,13 +71,13 @@ def score(loaded: Loaded, recipe: Recipe) -> dict[str, float]:
     return scores
 
 
-def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
+def eval_loss(loaded: Loaded, recipe: Recipe, examples: list[Example]) -> float:
     """Mean loss per trained token over the eval split, rendered exactly as for training."""
     import torch
 
     data = recipe.data
     total, count = 0.0, 0
-    for example in read_examples(data.eval, "data.eval", data.format, data.variables, data.system):
+    for example in examples:
         sample = render_example(example, data, loaded.family, loaded.tokenizer)
         if sample.status == "dropped":
             continue
@@ -90,9 +92,7 @@ def eval_loss(loaded: Loaded, recipe: Recipe) -> float:
     return total / max(count, 1)
 
 
-def generation_metrics(loaded: Loaded, recipe: Recipe, paths: list[str]) -> dict[str, float]:
-    data = recipe.data
-    examples = read_examples(paths, "eval.data", data.format, data.variables, data.system)
+def generation_metrics(loaded: Loaded, recipe: Recipe, examples: list[Example]) -> dict[str, float]:
     if recipe.eval.max_samples:
         examples = examples[: recipe.eval.max_samples]
     prompts = [example.messages[:-1] for example in examples]

@@ -25,7 +25,7 @@ from glmtune.checkpoints.load import (
     torch_dtype,
 )
 from glmtune.console import progress_callback, term
-from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
+from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, report_prepared
 from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe
@@ -54,6 +54,7 @@ from glmtune.training.launch import (
     refuse_impossible,
     run_workers,
 )
+from glmtune.training.trackers import check_trackers, tracker_environment
 
 
 def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False) -> Path:
@@ -92,7 +93,7 @@ def _prepare_into(run_dir: Path, recipe: Recipe, family: Family, tokenizer) -> P
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    term.table("data", *stats_rows(prepared.stats))
+    report_prepared(prepared, "data")
     return prepared
 
 
@@ -106,12 +107,7 @@ def check_precision(recipe: Recipe, family: Family) -> None:
 
 def check_plan(recipe: Recipe, base: Path, family: Family) -> None:
     """LoRA targets and, where there is GPU memory to plan for, the memory estimate: before anything is written."""
-    import importlib.util
-
-    if "tensorboard" in recipe.train.report_to and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError(
-            "train.report_to: tensorboard is not installed; pip install tensorboard, or remove it"
-        )
+    check_trackers(recipe.train.report_to)
     model = apply_method(meta_model(base, recipe), recipe, family, quiet=True)
     if has_cuda() or recipe.launch.gpu_memory_gb:
         refuse_impossible(
@@ -164,6 +160,7 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
     tokenizer = load_tokenizer(base, recipe.model.trust_remote_code, family)
     if prepared is None:  # a DeepSpeed worker: the launching process prepared it, this only loads it
         prepared = prepare_data(recipe.data, family, tokenizer, run_dir / "data")
+    tracker_environment(recipe.train.report_to, run_dir)
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
     model = load_model(
@@ -414,7 +411,7 @@ def show_plan(recipe: Recipe, base: Path, family: Family, tokenizer, launch) -> 
         "memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()]
     )
     refuse_impossible(estimate, recipe)
-    term.table("data", *stats_rows(prepared.stats))
+    report_prepared(prepared, "data")
 
 
 def meta_model(base: Path, recipe: Recipe):
