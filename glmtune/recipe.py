@@ -38,7 +38,15 @@ class ModelSection(Section):
 
 
 COLUMN_NAMES = ("prompt", "query", "response", "system", "history", "messages", "tools")
-TAG_NAMES = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
+TAG_NAMES = (
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "observation_tag",
+    "function_tag",
+    "system_tag",
+)
 
 
 class MixEntry(Section):
@@ -56,12 +64,18 @@ class MixEntry(Section):
 
 
 class DataSection(Section):
-    train: list[str] = Field(default_factory=list)  # files or folders (.json / .jsonl), or entries of data.registry
+    train: list[str] = Field(
+        default_factory=list
+    )  # files or folders (.json / .jsonl), or entries of data.registry
     eval: list[str] = Field(default_factory=list)
     format: Literal["auto", "alpaca", "context_target", "messages", "sharegpt"] = "auto"
     registry: str | None = None  # a LLaMA-Factory dataset_info.json; train/eval may then name its entries
-    columns: dict[str, str] = Field(default_factory=dict)  # for data files: e.g. {prompt = "content", response = "summary"}
-    tags: dict[str, str] = Field(default_factory=dict)  # sharegpt turn keys and role names, LLaMA-Factory's names
+    columns: dict[str, str] = Field(
+        default_factory=dict
+    )  # for data files: e.g. {prompt = "content", response = "summary"}
+    tags: dict[str, str] = Field(
+        default_factory=dict
+    )  # sharegpt turn keys and role names, LLaMA-Factory's names
     mix: dict[str, MixEntry] = Field(default_factory=dict)  # per source name (registry entry or file stem)
     seed: int = 42  # mixing and the eval split
     eval_fraction: float | None = Field(None, gt=0, lt=1)  # held out from train when there is no data.eval
@@ -84,7 +98,9 @@ class DataSection(Section):
         if self.eval_fraction is not None and self.eval_count is not None:
             problems.append("data.eval_fraction and data.eval_count: give one of them")
         if self.eval and (self.eval_fraction is not None or self.eval_count is not None):
-            problems.append("data.eval_fraction/eval_count hold out part of train; with data.eval set, drop them")
+            problems.append(
+                "data.eval_fraction/eval_count hold out part of train; with data.eval set, drop them"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -48,7 +48,9 @@ def test_identity_data_with_angle_placeholders_trains_the_filled_names(tmp_path)
     assert read.warnings == []
 
 
-def test_unfilled_placeholders_of_another_syntax_are_warned_with_counts_and_an_example(tmp_path, tokenizer, glm4):
+def test_unfilled_placeholders_of_another_syntax_are_warned_with_counts_and_an_example(
+    tmp_path, tokenizer, glm4
+):
     recipe = recipe_in(tmp_path, "")
     prepared = prepare_data(recipe.data, glm4, tokenizer, tmp_path / "prepared")
     (warning,) = prepared.sources["warnings"]

@@ -19,7 +19,10 @@ ADGEN = [
     {"content": "类型#包*材质#帆布", "summary": "帆布包，容量大又耐用。"},
 ]
 CHAT = [  # LLaMA-Factory "openai"-style sharegpt: role/content tags, a separate system column
-    {"msgs": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": f"回答{i}"}], "sys": "你是助手。"}
+    {
+        "msgs": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": f"回答{i}"}],
+        "sys": "你是助手。",
+    }
     for i in range(4)
 ]
 REGISTRY = {
@@ -28,7 +31,12 @@ REGISTRY = {
         "file_name": "chat.json",
         "formatting": "sharegpt",
         "columns": {"messages": "msgs", "system": "sys"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
     },
     "hub": {"hf_hub_url": "someone/alpaca_zh"},
     "pairs": {"file_name": "adgen.jsonl", "ranking": True},
@@ -37,7 +45,9 @@ REGISTRY = {
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    (tmp_path / "adgen.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ADGEN), "utf-8")
+    (tmp_path / "adgen.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ADGEN), "utf-8"
+    )
     (tmp_path / "chat.json").write_text(json.dumps(CHAT, ensure_ascii=False), "utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps(REGISTRY), "utf-8")
     return tmp_path
@@ -49,7 +59,9 @@ def recipe_in(folder: Path, data: str):
 
 
 def test_advertisegen_columns_map_to_user_and_assistant(data_dir):
-    recipe = recipe_in(data_dir, 'train = ["adgen.jsonl"]\ncolumns = { prompt = "content", response = "summary" }')
+    recipe = recipe_in(
+        data_dir, 'train = ["adgen.jsonl"]\ncolumns = { prompt = "content", response = "summary" }'
+    )
     train = read_splits(recipe.data).train
     assert [(m.role, m.content) for m in train[0].messages] == [("user", ADGEN[0]["content"]),
                                                                   ("assistant", ADGEN[0]["summary"])]  # fmt: skip
@@ -57,8 +69,12 @@ def test_advertisegen_columns_map_to_user_and_assistant(data_dir):
 
 
 def test_a_wrong_column_names_the_record_and_the_mapping_key(data_dir):
-    recipe = recipe_in(data_dir, 'train = ["adgen.jsonl"]\ncolumns = { prompt = "text", response = "summary" }')
-    with pytest.raises(UsageError, match=r"adgen.jsonl:1: no column 'text' for the prompt \(columns.prompt\)"):
+    recipe = recipe_in(
+        data_dir, 'train = ["adgen.jsonl"]\ncolumns = { prompt = "text", response = "summary" }'
+    )
+    with pytest.raises(
+        UsageError, match=r"adgen.jsonl:1: no column 'text' for the prompt \(columns.prompt\)"
+    ):
         read_splits(recipe.data)
 
 

@@ -41,7 +41,11 @@ def _value_of(match: re.Match[str], variables: Mapping[str, str], syntax: str, o
             return variables[key]
     raise UsageError(
         f'{origin}: placeholder {match.group(0)} has no value; add {name.lower()} = "..." under [data.variables]'
-        + (f" (or set data.placeholders if {match.group(0)} is meant literally)" if syntax != "{{name}}" else "")
+        + (
+            f" (or set data.placeholders if {match.group(0)} is meant literally)"
+            if syntax != "{{name}}"
+            else ""
+        )
     )
 
 

@@ -75,13 +75,15 @@ def _render_split(data: DataSection, examples: list[Example], key: str, family: 
     from datasets import Dataset
 
     columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
-    counts = {"truncated": 0, "dropped": 0}
+    counts = dict.fromkeys(("truncated", "dropped", *truncation_keys(data)), 0)
     for example in examples:
         sample = render_example(example, data, family, tokenizer)
         tally = by_source.setdefault(example.source, dict.fromkeys(SOURCE_COUNTS, 0))
         if sample.status != "ok":
             counts[sample.status] += 1
             tally[sample.status] += 1
+        for change in sample.changes if sample.status == "truncated" else ():
+            counts[f"truncated: {change}"] += 1
         if sample.status == "dropped":
             continue
         tally["samples"] += 1
@@ -101,7 +103,7 @@ def render_example(example: Example, data: DataSection, family: Family, tokenize
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
         return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history)  # fmt: skip
+                             overlong=data.overlong, mask_history=data.mask_history, cut=data.cut)  # fmt: skip
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
 
@@ -116,13 +118,19 @@ def _stats(columns: dict[str, list[list[int]]], read: int, counts: dict[str, int
         "samples": len(lengths),
         "tokens": int(lengths.sum()),
         "supervised_tokens": supervised,
-        "truncated": counts["truncated"],
-        "dropped": counts["dropped"],
+        **counts,
         "length_p50": float(np.percentile(lengths, 50)),
         "length_p90": float(np.percentile(lengths, 90)),
         "length_p99": float(np.percentile(lengths, 99)),
         "length_max": int(lengths.max()),
     }
+
+
+def truncation_keys(data: DataSection) -> list[str]:
+    """Stats keys counting, per kind of change, the samples truncation changed."""
+    return [
+        f"truncated: {change}" for change in ("history dropped", f"prompt cut ({data.cut})", "answer end cut")
+    ]
 
 
 def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:

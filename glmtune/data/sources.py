@@ -52,7 +52,9 @@ class Splits:
 def read_splits(data: DataSection) -> Splits:
     """Train and eval examples as the recipe describes them: sources read, eval held out, train mixed."""
     if not data.train:
-        raise UsageError("data.train: no training data; list .json/.jsonl files or folders, or registry entries")
+        raise UsageError(
+            "data.train: no training data; list .json/.jsonl files or folders, or registry entries"
+        )
     scan = Scan(data.placeholders)
     train_sources = sources_of(data.train, "data.train", data)
     _check_mix(data, train_sources)
@@ -124,7 +126,9 @@ def load_registry(path: str) -> dict[str, Any]:
 def registry_source(name: str, registry: Mapping[str, Any], registry_path: str, key: str) -> Source:
     """The source a dataset_info.json entry describes; hub, script and preference entries are refused."""
     if name not in registry:
-        raise UsageError(f"{key}: {registry_path} has no entry {name!r}; it has {', '.join(sorted(registry))}")
+        raise UsageError(
+            f"{key}: {registry_path} has no entry {name!r}; it has {', '.join(sorted(registry))}"
+        )
     entry = registry[name]
     where = f"{registry_path} entry {name!r}"
     if hub := next((k for k in HUB_KEYS if entry.get(k)), None):
@@ -198,7 +202,9 @@ def _sharegpt_record(record: Mapping[str, Any], origin: str, source: Source) -> 
         conversations.append({"from": "system", "value": record[system]})
     for turn in turns:
         if not isinstance(turn, dict) or tags["role_tag"] not in turn or tags["content_tag"] not in turn:
-            raise UsageError(f"{origin}: each turn needs {tags['role_tag']!r} and {tags['content_tag']!r} (tags)")
+            raise UsageError(
+                f"{origin}: each turn needs {tags['role_tag']!r} and {tags['content_tag']!r} (tags)"
+            )
         role = roles.get(turn[tags["role_tag"]])
         if role is None:
             raise UsageError(f"{origin}: {tags['role_tag']} {turn[tags['role_tag']]!r} is none of the tags' roles "
@@ -213,7 +219,9 @@ def _sharegpt_record(record: Mapping[str, Any], origin: str, source: Source) -> 
 def _check_mix(data: DataSection, sources: list[Source]) -> None:
     names = {source.name for source in sources}
     if unknown := sorted(set(data.mix) - names):
-        raise UsageError(f"data.mix.{unknown[0]}: no train source of that name; sources: {', '.join(sorted(names))}")
+        raise UsageError(
+            f"data.mix.{unknown[0]}: no train source of that name; sources: {', '.join(sorted(names))}"
+        )
 
 
 def _hold_out(per_source: Mapping[str, list[Example]], data: DataSection) -> set[str]:
@@ -221,10 +229,14 @@ def _hold_out(per_source: Mapping[str, list[Example]], data: DataSection) -> set
     if data.eval_fraction is None and data.eval_count is None:
         return set()
     origins = [e.origin for examples in per_source.values() for e in examples]
-    count = data.eval_count if data.eval_count is not None else round(len(origins) * (data.eval_fraction or 0))
+    count = (
+        data.eval_count if data.eval_count is not None else round(len(origins) * (data.eval_fraction or 0))
+    )
     key = "data.eval_count" if data.eval_count is not None else "data.eval_fraction"
     if count < 1 or count >= len(origins):
-        raise UsageError(f"{key}: holds out {count} of {len(origins)} records; keep at least one for each split")
+        raise UsageError(
+            f"{key}: holds out {count} of {len(origins)} records; keep at least one for each split"
+        )
     return set(random.Random(f"{data.seed}:eval").sample(origins, count))
 
 
