@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -18,7 +18,8 @@ from glmtune.errors import UsageError
 
 app = typer.Typer(
     name="glmtune",
-    help="Fine-tune GLM-family chat models (ChatGLM-6B … GLM-4.5): prepare, train, export, chat, eval, convert.\n\n"
+    help="Fine-tune GLM-family chat models (ChatGLM-6B … GLM-5.3): prepare, train, export, chat, eval, convert, "
+    "render.\n\n"
     "Example: glmtune train recipes/demo.toml",
     no_args_is_help=True,
     add_completion=False,
@@ -107,12 +108,12 @@ def convert(
         bool, typer.Option("--allow-pickle", help="Read pickled *.bin weights (only files you trust).")
     ] = False,
 ) -> None:
-    """Write an original-layout ChatGLM checkpoint once as a native model: transformers' Glm (ChatGLM2/3, GLM-4), or
-    glmtune's ChatGLM-6B port (v1), which glmtune loads and exports; no remote code."""
+    """Write an original-layout ChatGLM checkpoint once as a folder plain transformers loads: transformers' Glm
+    (ChatGLM2/3, GLM-4), or glmtune's ChatGLM-6B port (v1) with its module file as remote code."""
     from glmtune.checkpoints.original import convert_checkpoint
 
-    convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
-    term.ok(f"converted {source} to {out} (native layout, no remote code)")
+    loads_as = convert_checkpoint(source, out, family=family, allow_pickle=allow_pickle)
+    term.ok(f"converted {source} to {out} ({loads_as})")
 
 
 @app.command(epilog='Example: glmtune chat runs/demo --query "你是谁？"')
@@ -154,6 +155,60 @@ def evaluate(
 
     evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [],
                     retention=[str(path.resolve()) for path in retention or []])  # fmt: skip
+
+
+class Switch(str, Enum):
+    true = "true"
+    false = "false"
+
+
+@app.command(
+    epilog="Example: glmtune render ~/models/GLM-4.7-Flash data/train.jsonl --generation-prompt --enable-thinking false"
+)
+def render(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A model folder (config + chat template are enough); omit with --family.", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Argument(help="A data file (any format glmtune reads).", show_default=False)
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="Render in this family's format instead of a folder's.")
+    ] = None,
+    generation_prompt: Annotated[
+        bool,
+        typer.Option("--generation-prompt", help="Render each record as an inference prompt (no answer)."),
+    ] = False,
+    enable_thinking: Annotated[
+        Switch | None, typer.Option(help="false: as the template renders with enable_thinking=false.")
+    ] = None,
+    ids: Annotated[
+        bool, typer.Option("--ids", help="Also print token ids and mask (needs the folder's tokenizer).")
+    ] = False,
+) -> None:
+    """Print each record as the family's template renders it: one JSON object per line, {"text", "trained"}."""
+    from glmtune.checkpoints.load import family_for, load_tokenizer, resolve_model_path
+    from glmtune.data.show import render_lines
+    from glmtune.families import get_family
+
+    if data is None and family is not None:  # `render --family NAME DATA`: the one argument is the data
+        source, data = None, Path(source) if source else None
+    if data is None or (source is None and family is None):
+        raise UsageError("glmtune render: give MODEL_DIR DATA, or --family NAME DATA")
+    if ids and source is None:
+        raise UsageError("glmtune render --ids: give MODEL_DIR, whose tokenizer makes the ids")
+    folder = resolve_model_path(source, "MODEL_DIR") if source else None
+    record = family_for(folder, family or "auto") if folder else get_family(str(family))
+    tokenizer = load_tokenizer(folder, False, record) if ids and folder else None
+    thinking: Literal["template", "off"] = "off" if enable_thinking == Switch.false else "template"
+    lines = render_lines(
+        data, record, generation_prompt=generation_prompt, thinking=thinking, tokenizer=tokenizer
+    )
+    for line in lines:
+        term.out(line)
 
 
 def main() -> None:

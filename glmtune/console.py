@@ -50,7 +50,7 @@ class Terminal:
 
     def out(self, text: str = "", end: str = "\n", markup: bool = False) -> None:
         """Data for stdout (answers, rendered samples), printed as is unless `markup` is asked for."""
-        self.stdout.print(text, end=end, markup=markup, highlight=False)
+        self.stdout.print(text, end=end, markup=markup, highlight=False, emoji=False)  # data stays as written
 
 
 def _cell(value: Any) -> str:

@@ -87,6 +87,9 @@ class DataSection(Section):
     overlong: Literal["truncate", "drop"] = "truncate"
     cut: Literal["middle", "end"] = "middle"  # where truncation cuts the longest prompt text
     mask_history: bool = False  # train the last assistant turn only
+    # GLM-4.5+ reasoning: "template" trains each turn as its template renders it at inference (past turns' reasoning
+    # cleared), "keep" keeps every turn's reasoning (clear_thinking=false), "off" trains thinking-off replies
+    thinking: Literal["template", "keep", "off"] = "template"
 
     @model_validator(mode="after")
     def _data_keys(self) -> DataSection:

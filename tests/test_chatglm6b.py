@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SHARED_ASSETS
+from original_fixtures import tiny_chatglm6b_checkpoint
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
@@ -27,7 +28,6 @@ from glmtune.families.modeling_chatglm6b import (
     position_ids_2d,
     prefix_lm_mask,
     register,
-    tiny_original_checkpoint,
 )
 
 MASK, GMASK, SOP, PAD = 130000, 130001, 130004, 3
@@ -143,7 +143,7 @@ def reference_logits(input_ids: Tensor, sd: dict, cfg: dict) -> Tensor:
 
 @pytest.fixture(scope="module")
 def checkpoint() -> tuple[dict, dict[str, Tensor]]:
-    return tiny_original_checkpoint(seed=0)
+    return tiny_chatglm6b_checkpoint(seed=0)
 
 
 @pytest.fixture(scope="module")

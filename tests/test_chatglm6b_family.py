@@ -4,7 +4,7 @@ layouts, reloaded in a fresh process with its remote code, and chatted with.
 
 Uses the official ice_text.model and tokenizer_config.json in the shared assets (../shared/assets/glm-models, or
 GLMTUNE_SHARED_ASSETS) and skips without them; nothing is copied into the repository. The original ids are computed
-the way the original code does, with sentencepiece directly (`glm_tokenizers.reference_encode` = `SPTokenizer.encode`,
+the way the original code does, with sentencepiece directly (`original_tokenizer.reference_encode` = `SPTokenizer.encode`,
 i.e. `tokenizer.encode(text, add_special_tokens=False)`), from THUDM/chatglm-6b and THUDM/ChatGLM-6B:
 - modeling_chatglm.py `chat` / `stream_chat`: the prompt is the query alone without history, else
   "[Round {i}]\\n问：{q}\\n答：{r}\\n" per past round (i from 0) then "[Round {n}]\\n问：{query}\\n答：";
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_ASSETS, tiny_recipe
+from original_fixtures import tiny_chatglm6b_checkpoint
 from safetensors.torch import load_file, save_file
 from test_cli import glmtune
 from test_families import MULTI, SINGLE
@@ -36,13 +37,18 @@ from glmtune.checkpoints.load import load_config, load_for_inference
 from glmtune.checkpoints.original import is_original_folder, load_original_tokenizer
 from glmtune.data.render import render_conversation, render_sample
 from glmtune.errors import UsageError
-from glmtune.families import CHATGLM, Message, detect_family
+from glmtune.families import CHATGLM, Message, detect_family, get_family
 from glmtune.families import modeling_chatglm6b as chatglm6b
-from glmtune.families.tokenizers import reference_encode
+from glmtune.families.original_tokenizer import reference_encode as encode_with_spec
 from glmtune.inference.chat import chat
 from glmtune.training.train import train
 
 GMASK, SOP, EOP = 130001, 130004, 130005  # the official ids, checked against the tokenizer by name below
+
+
+def reference_encode(folder: Path, family: str, text: str) -> list[int]:
+    """The original tokenizer's ids of `text` (sentencepiece / tiktoken directly)."""
+    return encode_with_spec(folder, get_family(family).original.tokenizer, text)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +207,7 @@ def tiny_v1(official, tokenizer, tmp_path_factory) -> Path:
     """A 2-layer ChatGLM-6B checkpoint in the original layout (config.json, model.safetensors under the original
     names, lm_head tied) beside the official tokenizer files, in a temporary folder."""
     folder = tmp_path_factory.mktemp("chatglm-6b-tiny")
-    config, state = chatglm6b.tiny_original_checkpoint()
+    config, state = tiny_chatglm6b_checkpoint()
     with torch.no_grad():
         embeddings = state["transformer.word_embeddings.weight"]
         embeddings[len(tokenizer) :] = 0.0  # the padded rows past the 130,344 pieces are never predicted

@@ -1,5 +1,6 @@
-"""glmtune.checkpoints.convert: parameter names vs the official indexes, exact round trip, logits vs the original
-architecture, and checkpoint loading (safetensors shards; pickled .bin only on request)."""
+"""glmtune.families.glm_original_layout (the ChatGLM2/3 / GLM-4 weight mapping): parameter names vs the official
+indexes, exact round trip, logits vs the original architecture; glmtune.checkpoints.convert: checkpoint loading
+(safetensors shards; pickled .bin only on request)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ from pathlib import Path
 import chatglm2_reference as reference
 import pytest
 import torch
+from original_fixtures import tiny_original_checkpoint
 from safetensors.torch import save_file
 from transformers import GlmForCausalLM
 
-from glmtune.checkpoints.convert import (
-    is_original_layout,
-    load_original_state,
-    native_config,
-    tiny_original_checkpoint,
-    to_native,
-    to_original,
-)
+from glmtune.checkpoints.convert import load_original_state
 from glmtune.errors import UsageError
+from glmtune.families import original_layout_types
+from glmtune.families.glm_original_layout import native_config, to_native, to_original
+
+
+def is_original_layout(config: dict) -> bool:
+    return config.get("model_type") in original_layout_types()
+
 
 ASSETS = Path(
     os.environ.get("GLMTUNE_SHARED_ASSETS")

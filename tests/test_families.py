@@ -3,7 +3,7 @@ equal to the original prompt builders and chat templates, and detection of each 
 
 Uses the real tokenizer files in the shared assets (../shared/assets/glm-models, or GLMTUNE_SHARED_ASSETS) and skips
 without them. The "original" ids are computed here the way the original code does, with sentencepiece / tiktoken
-directly (`glm_tokenizers.reference_encode`), from these sources:
+directly (`original_tokenizer.reference_encode`), from these sources:
 - ChatGLM3-6B tokenization_chatglm.py: build_single_message = [role] + encode(f"{metadata}\\n") + encode(content);
   build_chat_input = [gMASK, sop] + messages + [<|assistant|>]; finetune_demo/finetune_hf.py process_batch: whole
   assistant messages masked in, eos appended, mask shifted right by one.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,17 @@ from test_render import runs
 from glmtune.checkpoints.original import load_original_tokenizer
 from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
-from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Message, detect_family
-from glmtune.families.tokenizers import reference_encode
+from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Message, detect_family, get_family
+from glmtune.families.original_tokenizer import reference_encode as encode_with_spec
 
 FOLDERS = {"chatglm3": "chatglm3-6b", "chatglm2": "chatglm2-6b", "glm4": "glm-4-9b-chat"}
 FAMILIES = {"chatglm3": CHATGLM3, "chatglm2": CHATGLM2, "glm4": GLM4}
 PREFIX = {"chatglm3": ["[gMASK]", "sop"], "chatglm2": ["[gMASK]", "sop"], "glm4": ["[gMASK]", "<sop>"]}
+
+
+def reference_encode(folder: Path, family: str, text: str) -> list[int]:
+    """The original tokenizer's ids of `text` (sentencepiece / tiktoken directly)."""
+    return encode_with_spec(folder, get_family(family).original.tokenizer, text)
 
 
 def asset(name: str) -> Path:
@@ -277,14 +283,21 @@ def copy_configs(source: Path, target: Path, **changes) -> Path:
     return target
 
 
-def test_chatglm3_base_is_chatglm3_and_ambiguous_folders_ask_for_model_family(tmp_path):
+def test_detection_reads_files_and_template_never_the_name(tmp_path):
+    """ChatGLM2 vs 3: the shipped template with ChatGLM3's role tokens, not the checkpoint's name."""
     chatglm3 = asset("chatglm3-6b")
+    renamed = copy_configs(chatglm3, tmp_path / "renamed", _name_or_path="THUDM/chatglm2-6b")
+    shutil.copy(chatglm3 / "tokenizer_config.json", renamed / "tokenizer_config.json")
+    (renamed / "tokenizer.model").write_bytes(b"")
+    assert detect_family(renamed) is CHATGLM3
+    # ChatGLM3-6B-Base ships ChatGLM2-6B's files (no template): it reads as ChatGLM2 unless model.family says
     base = copy_configs(chatglm3, tmp_path / "base", _name_or_path="THUDM/chatglm3-6b-base")
     (base / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ChatGLMTokenizer"}))
-    assert detect_family(base) is CHATGLM3
-    renamed = copy_configs(chatglm3, tmp_path / "renamed", _name_or_path="my-model")
+    (base / "tokenizer.model").write_bytes(b"")
+    assert detect_family(base) is CHATGLM2
+    no_tokenizer = copy_configs(chatglm3, tmp_path / "no-tokenizer", _name_or_path="THUDM/chatglm3-6b")
     with pytest.raises(UsageError, match="set model.family .*one of .*chatglm2"):
-        detect_family(renamed)
+        detect_family(no_tokenizer)
     stamped = copy_configs(
         chatglm3, tmp_path / "stamped", _name_or_path="my-model", glmtune_family="chatglm2"
     )

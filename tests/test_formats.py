@@ -68,13 +68,14 @@ def test_sharegpt(tmp_path):
     record = {
         "conversations": [
             {"from": "human", "value": "u"},
-            {"from": "function_call", "value": "f"},
+            {"from": "function_call", "value": '{"name": "f", "arguments": {"x": 1}}'},
             {"from": "observation", "value": "o"},
             {"from": "gpt", "value": "a"},
         ]
     }
     [example] = read(tmp_path, "s.jsonl", jsonl(record))
     assert [m.role for m in example.messages] == ["user", "assistant", "observation", "assistant"]
+    assert [(c.name, c.arguments) for c in example.messages[1].tool_calls] == [("f", {"x": 1})]
 
 
 def test_folder_and_default_system(tmp_path):

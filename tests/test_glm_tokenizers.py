@@ -1,4 +1,4 @@
-"""glmtune.families.tokenizers against the original GLM tokenizer files (../shared/assets/glm-models).
+"""glmtune.families.original_tokenizer against the original GLM tokenizer files (../shared/assets/glm-models).
 
 Ground truth is `reference_encode`: the original tokenizers' algorithms run with sentencepiece / tiktoken directly.
 Tests that need the original files skip when they are absent (a user's clone has no ../shared).
@@ -19,14 +19,30 @@ from pathlib import Path
 import pytest
 
 from glmtune.errors import UsageError
-from glmtune.families.tokenizers import (
-    FAMILIES,
-    GLM4_PATTERN,
-    VOCAB_FILES,
-    chatglm_preprocess,
-    load_original_tokenizer,
-    reference_encode,
-)
+from glmtune.families import REGISTRY, TokenizerSpec, get_family
+from glmtune.families import original_tokenizer as original
+from glmtune.families.sentencepiece import apply_replacements
+
+# The families with an original layout, by name, and their tokenizer specs.
+SPECS: dict[str, TokenizerSpec] = {
+    name: family.original.tokenizer for name, family in REGISTRY.items() if family.original is not None
+}
+FAMILIES = ("chatglm", "chatglm2", "chatglm3", "glm4")
+VOCAB_FILES = {name: SPECS[name].vocab_file for name in FAMILIES}
+GLM4_PATTERN = SPECS["glm4"].split_pattern
+
+
+def load_original_tokenizer(folder: Path, family: str):
+    return original.load_original_tokenizer(folder, get_family(family).original.tokenizer)
+
+
+def reference_encode(folder: Path, family: str, text: str) -> list[int]:
+    return original.reference_encode(folder, get_family(family).original.tokenizer, text)
+
+
+def chatglm_preprocess(text: str) -> str:
+    return apply_replacements(text, SPECS["chatglm"])
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -428,9 +444,11 @@ def test_missing_file_is_a_usage_error(tmp_path, family_name):
         reference_encode(tmp_path, family_name, "hi")
 
 
-def test_unknown_family_and_bad_files_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="unknown tokenizer family"):
-        load_original_tokenizer(tmp_path, "glm5")
+def test_unknown_kind_and_bad_files_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="unknown tokenizer kind"):
+        original.load_original_tokenizer(
+            tmp_path, TokenizerSpec("wordpiece", "vocab.txt", (), eos_token="</s>")
+        )
     (tmp_path / "tokenizer.model").write_bytes(b"\xff\xfe not a model")
     with pytest.raises(UsageError, match="tokenizer.model"):
         load_original_tokenizer(tmp_path, "chatglm3")

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_ASSETS, tiny_recipe
+from original_fixtures import tiny_original_checkpoint
 from safetensors.torch import load_file
 from test_cli import assert_usage_error, glmtune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from glmtune.checkpoints.convert import load_original_state, tiny_original_checkpoint
+from glmtune.checkpoints.convert import load_original_state
 from glmtune.checkpoints.export import export_run
 from glmtune.checkpoints.load import load_model, load_tokenizer
 from glmtune.checkpoints.original import is_original_folder, save_original_layout

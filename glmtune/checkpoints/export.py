@@ -16,9 +16,6 @@ the tools that expect that layout; it is verified the same way, reloaded through
 from __future__ import annotations
 
 import json
-import shutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from glmtune.checkpoints.load import (
     quiet_libraries,
 )
 from glmtune.checkpoints.original import is_original_folder, save_original_layout, stamp_native
+from glmtune.checkpoints.remote_code import model_code, save_with_code
 from glmtune.console import term
 from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
@@ -135,47 +133,16 @@ def save_export(model, tokenizer, family: Family, run: dict[str, Any], recipe: R
     model = model.to(getattr(torch, base_dtype))
     stamp_native(model, tokenizer, family, generation_kwargs(recipe.generation))
     code = model_code(model)
-    model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel", **code.auto_map}
-    model.save_pretrained(folder, max_shard_size=recipe.export.max_shard_size)
+    model.config.auto_map = {"AutoModel": f"{CHAT_MODULE}.GlmtuneChatModel"}
+    save_with_code(model, folder, code, max_shard_size=recipe.export.max_shard_size)
     if not tokenizer.chat_template:
         tokenizer.chat_template = family.chat_template
     tokenizer.save_pretrained(folder)
-    for source in code.files:
-        shutil.copy2(source, folder / source.name)
     (folder / f"{CHAT_MODULE}.py").write_text(
         CHAT_CODE.replace("BASE_IMPORT", code.base_import), encoding="utf-8"
     )
-    card = _model_card(run, family, type(model).__name__, base_dtype, remote=bool(code.files))
+    card = _model_card(run, family, type(model).__name__, base_dtype, remote=code.remote)
     (folder / "README.md").write_text(card, encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class ModelCode:
-    """How a fresh process finds an exported model's class."""
-
-    base_import: str  # the line of modeling_glmtune_chat.py that imports the class as BaseModel
-    auto_map: dict[str, str]  # config.json auto_map entries beyond AutoModel
-    files: tuple[Path, ...]  # module files the export carries as remote code
-
-
-def model_code(model) -> ModelCode:
-    """transformers' own class, or (glmtune's ChatGLM-6B port) the class's module file copied into the export, which
-    AutoConfig and AutoModelForCausalLM then load with trust_remote_code=True."""
-    import transformers
-
-    model_class = type(model)
-    if getattr(transformers, model_class.__name__, None) is model_class:
-        return ModelCode(f"from transformers import {model_class.__name__} as BaseModel", {}, ())
-    source = Path(str(sys.modules[model_class.__module__].__file__))
-    module = source.stem
-    return ModelCode(
-        f"from .{module} import {model_class.__name__} as BaseModel",
-        {
-            "AutoConfig": f"{module}.{type(model.config).__name__}",
-            "AutoModelForCausalLM": f"{module}.{model_class.__name__}",
-        },
-        (source,),
-    )
 
 
 def generation_kwargs(generation: GenerationSection) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from glmtune.errors import UsageError
-from glmtune.families import Family, detect_family, get_family
+from glmtune.families import Family, detect_family, get_family, register_architectures
 from glmtune.rundir import is_run_dir, read_run
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,8 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
 
 
 def register_ports() -> None:
-    """Make glmtune's own architectures (the ChatGLM-6B v1 port) known to the Auto classes."""
-    from glmtune.families.modeling_chatglm6b import register
-
-    register()
+    """Make glmtune's own architectures (the families' ports) known to the Auto classes."""
+    register_architectures()
 
 
 def family_for(folder: Path, requested: str = "auto") -> Family:
@@ -109,10 +107,10 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     quantization_config: Any = None,
+    family: Family | None = None,
 ):
-    """A causal LM from a local folder. An original-layout ChatGLM2/3 / GLM-4-9B-chat folder is converted to the
-    native `GlmForCausalLM` in memory and a ChatGLM-6B v1 folder loads into glmtune's port, so their remote code is
-    never needed (trust_remote_code is not used for them)."""
+    """A causal LM from a local folder. An original-layout folder loads through its family's weight layout (default
+    family: detected), mapped in memory, so its remote code is never needed (trust_remote_code is not used for it)."""
     from transformers import AutoModelForCausalLM
 
     from glmtune.checkpoints.original import is_original_folder, load_original_model
@@ -121,6 +119,7 @@ def load_model(
         return load_original_model(
             folder,
             dtype=torch_dtype(dtype),
+            family=family,
             allow_pickle=allow_pickle,
             quantization_config=quantization_config,
         )
@@ -140,17 +139,18 @@ def load_model(
     )
 
 
-def load_config(folder: Path, trust_remote_code: bool = False):
-    """The model config transformers builds the architecture from (the native `GlmConfig` or glmtune's
-    `ChatGLM6BConfig` of an original-layout folder), e.g. for a weightless model on the meta device; the
-    Auto classes know every config it returns."""
+def load_config(folder: Path, trust_remote_code: bool = False, family: Family | None = None):
+    """The model config transformers builds the architecture from (for an original-layout folder, its family's
+    loading config), e.g. for a weightless model on the meta device; the Auto classes know every config it
+    returns."""
     from transformers import AutoConfig
 
     from glmtune.checkpoints.original import is_original_folder, loading_config, original_config
 
     register_ports()
     if is_original_folder(folder):
-        return loading_config(original_config(folder))
+        family = family or detect_family(folder)
+        return loading_config(original_config(folder, family), family)
     return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 

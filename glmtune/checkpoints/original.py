@@ -1,12 +1,12 @@
 """Original remote-code checkpoints (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat) without their code.
 
-Their Python files no longer run on transformers 5. The architecture of ChatGLM2/3 and GLM-4-9B-chat is transformers'
-native `GlmForCausalLM` (`glmtune.checkpoints.convert` maps the tensors); ChatGLM-6B v1 (config.json with v1's own fields) loads
-as glmtune's port `glmtune.families.modeling_chatglm6b.ChatGLM6BForCausalLM`, whose parameter names are the original ones. So an
-original-layout folder (config.json model_type "chatglm") is loaded in memory: `load_original_model` and
-`load_original_tokenizer` need no remote code and write nothing. `convert_checkpoint` (`glmtune convert`) writes a
-native folder once; `save_original_layout` writes native weights back under the original parameter names beside the
-base's own config.json and tokenizer files (`glmtune export --layout original`).
+Their Python files no longer run on transformers 5. Each family record says how its original folders load
+(`OriginalLayout`: the tokenizer files' kind and a `WeightLayout`: the loading architecture and the parameter-name
+mapping both ways), so this module only asks the record: an original-layout folder is loaded in memory
+(`load_original_model`, `load_original_tokenizer`: no remote code, nothing written), `convert_checkpoint`
+(`glmtune convert`) writes a folder that plain transformers loads, and `save_original_layout` writes weights back
+under the original parameter names beside the base's own config.json and tokenizer files
+(`glmtune export --layout original`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from glmtune.checkpoints.convert import (
-    is_original_layout,
-    load_original_state,
-    native_config,
-    to_native,
-    to_original,
-)
+from glmtune.checkpoints.convert import load_original_state
+from glmtune.checkpoints.remote_code import model_code, save_with_code
 from glmtune.errors import UsageError
-from glmtune.families import FAMILY_KEY, Family, detect_family, get_family, is_chatglm6b_config, read_json
-from glmtune.families import modeling_chatglm6b as chatglm6b
+from glmtune.families import (
+    FAMILY_KEY,
+    Family,
+    OriginalLayout,
+    detect_family,
+    get_family,
+    original_layout_types,
+    read_json,
+)
 from glmtune.rundir import staged_dir
 
 # Files of an original checkpoint that describe it beside the weights: copied into an original-layout export so
@@ -35,43 +37,49 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 def is_original_folder(folder: Path) -> bool:
     path = folder / "config.json"
-    return path.is_file() and is_original_layout(read_json(path))
+    return path.is_file() and read_json(path).get("model_type") in original_layout_types()
 
 
-def original_config(folder: Path) -> dict[str, Any]:
-    """The original config.json dict, checked to be a layout glmtune loads (ChatGLM-6B v1, ChatGLM2/3, GLM-4)."""
+def original_layout(family: Family) -> OriginalLayout:
+    if family.original is None:
+        raise UsageError(
+            f"model.family: {family.name} has no original remote-code layout; leave model.family = auto"
+        )
+    return family.original
+
+
+def original_config(folder: Path, family: Family | None = None) -> dict[str, Any]:
+    """The original config.json dict, checked to be one the family's weight layout loads."""
     config = read_json(folder / "config.json")
     try:
-        loading_config(config)
+        loading_config(config, family or detect_family(folder))
     except UsageError as exc:  # its message starts with "config.json: ..."; say which one
         raise UsageError(f"{folder}/{exc}") from None
     return config
 
 
-def loading_config(original: dict[str, Any]):
-    """The transformers config an original config.json loads as: glmtune's ChatGLM-6B port for v1 (registered with
-    the Auto classes), transformers' native `GlmConfig` for ChatGLM2/3 and GLM-4."""
-    if is_chatglm6b_config(original):
-        chatglm6b.register()
-        return chatglm6b.ChatGLM6BConfig.from_original(original)
-    return native_config(original)
+def loading_config(original: dict[str, Any], family: Family):
+    """The transformers config an original config.json loads as (the Auto classes know it)."""
+    return original_layout(family).weights.loading_config(original)
 
 
-def load_original_model(folder: Path, *, dtype, allow_pickle: bool = False, quantization_config: Any = None):
-    """The folder's weights in glmtune's port (v1: same names) or `GlmForCausalLM` (converted in memory); every
-    checkpoint tensor must be used."""
-    from transformers import GlmForCausalLM
-
-    original = original_config(folder)
-    config = loading_config(original)
-    state = load_original_state(folder, allow_pickle=allow_pickle)
-    if isinstance(config, chatglm6b.ChatGLM6BConfig):
-        model_class: Any = chatglm6b.ChatGLM6BForCausalLM
-    else:
-        model_class, state = GlmForCausalLM, to_native(state, original)
-    loaded: Any = model_class.from_pretrained(
+def load_original_model(
+    folder: Path,
+    *,
+    dtype,
+    family: Family | None = None,
+    allow_pickle: bool = False,
+    quantization_config: Any = None,
+):
+    """The folder's weights in the family's loading architecture (mapped in memory); every checkpoint tensor must
+    be used."""
+    family = family or detect_family(folder)
+    weights = original_layout(family).weights
+    original = original_config(folder, family)
+    state = weights.to_loaded(load_original_state(folder, allow_pickle=allow_pickle), original)
+    loaded: Any = weights.model_class().from_pretrained(
         None,
-        config=config,
+        config=weights.loading_config(original),
         state_dict=state,
         dtype=dtype,
         quantization_config=quantization_config,
@@ -85,23 +93,19 @@ def load_original_model(folder: Path, *, dtype, allow_pickle: bool = False, quan
         )
         raise UsageError(f"{folder}: the weights do not fit config.json ({details})")
     # peft reads the config at name_or_path to tell whether the vocabulary was resized; here that would be the
-    # original ChatGLM config.json, not the loading config (and a missing name is looked up on the Hub as "None").
+    # original config.json, not the loading config (and a missing name is looked up on the Hub as "None").
     model.config._name_or_path = model.name_or_path = ""
     return model
 
 
 def load_original_tokenizer(folder: Path, family: Family):
     """The original tokenizer files as a fast tokenizer with the original ids, and a chat template: the folder's
-    own (tokenizer_config.json) or, where it has none (ChatGLM2, ChatGLM3-Base), the family's."""
-    from glmtune.families.tokenizers import load_original_tokenizer as from_files
+    own (tokenizer_config.json or chat_template.jinja) or, where it has none, the family's."""
+    from glmtune.families import FolderFacts
+    from glmtune.families.original_tokenizer import load_original_tokenizer as from_files
 
-    if not family.original_tokenizer:
-        raise UsageError(
-            f"model.family: {family.name} has no original remote-code layout; leave model.family = auto"
-        )
-    tokenizer = from_files(folder, family.original_tokenizer)
-    shipped = read_json(folder / "tokenizer_config.json", required=False).get("chat_template")
-    tokenizer.chat_template = shipped if isinstance(shipped, str) and shipped else family.chat_template
+    tokenizer = from_files(folder, original_layout(family).tokenizer)
+    tokenizer.chat_template = FolderFacts.read(folder).chat_template or family.chat_template
     return tokenizer
 
 
@@ -120,13 +124,14 @@ def stamp_native(model, tokenizer, family: Family, generation: dict[str, Any] | 
     )
 
 
-def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False) -> Path:
-    """`glmtune convert`: an original-layout folder -> a native folder (safetensors, tokenizer, stop tokens),
-    written beside `out` and renamed into place once every tensor read back bit-identical."""
+def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_pickle: bool = False) -> str:
+    """`glmtune convert`: an original-layout folder -> a folder plain transformers loads (safetensors, tokenizer, stop
+    tokens, and the module file as remote code when the loading class is glmtune's own), written beside `out` and
+    renamed into place once every tensor read back bit-identical. Returns how the folder loads, in words."""
     if not is_original_folder(source):
         raise UsageError(
-            f"{source / 'config.json'}: not an original-layout ChatGLM checkpoint (model_type 'chatglm'); "
-            "nothing to convert"
+            f"{source / 'config.json'}: not in an original remote-code layout glmtune knows "
+            f"(model_type {', '.join(sorted(original_layout_types()))}); nothing to convert"
         )
     from glmtune.checkpoints.load import quiet_libraries
 
@@ -134,13 +139,14 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
     chosen = detect_family(source) if family == "auto" else get_family(family)
     dtype = str(read_json(source / "config.json").get("torch_dtype") or "float32")
     tokenizer = load_original_tokenizer(source, chosen)
-    model = load_original_model(source, dtype=_torch_dtype(dtype), allow_pickle=allow_pickle)
+    model = load_original_model(source, dtype=_torch_dtype(dtype), family=chosen, allow_pickle=allow_pickle)
     stamp_native(model, tokenizer, chosen)
+    code = model_code(model)
     with staged_dir(out) as staging:
-        model.save_pretrained(staging)
+        save_with_code(model, staging, code)
         tokenizer.save_pretrained(staging)
         _check_written(staging, model.state_dict())
-    return out
+    return code.describe()
 
 
 def _torch_dtype(name: str):
@@ -176,12 +182,9 @@ def save_original_layout(
     config.json (plus the family stamp), tokenizer files and Python files."""
     import torch
 
-    original = original_config(base)
+    original = original_config(base, family)
     cast = {name: tensor.detach().to(getattr(torch, dtype)).contiguous() for name, tensor in state.items()}
-    if is_chatglm6b_config(original):
-        tensors = chatglm6b.original_state_dict(cast, original)
-    else:
-        tensors = to_original(cast, original)
+    tensors = original_layout(family).weights.to_original(cast, original)
     write_shards(tensors, folder, max_shard_size)
     config = {**original, FAMILY_KEY: family.name, "torch_dtype": dtype}
     (folder / "config.json").write_text(
@@ -192,9 +195,7 @@ def save_original_layout(
 
 
 def _original_support_files(base: Path, family: Family) -> list[Path]:
-    from glmtune.families.tokenizers import VOCAB_FILES
-
-    names = {VOCAB_FILES[family.original_tokenizer], *_TOKENIZER_FILES, "generation_config.json"}
+    names = {original_layout(family).tokenizer.vocab_file, *_TOKENIZER_FILES, "generation_config.json"}
     files = [base / name for name in sorted(names) if (base / name).is_file()]
     return files + sorted(base.glob("*.py"))
 

@@ -1,5 +1,10 @@
 """Read training data files into conversations: alpaca, context/target, messages and sharegpt records.
 
+Tool data is read in its usual spellings: a record's `tools` (a list, or a JSON string as LLaMA-Factory's glaive
+demos store it; bare function objects are wrapped as OpenAI `{"type": "function", "function": …}` entries),
+OpenAI messages (`tool_calls`, `reasoning_content`, `tool` results, a message's own `tools`), and sharegpt's
+`function_call` (a JSON `{"name", "arguments"}` or a list of them) and `observation` turns.
+
 Files are `.json` (a list of records) or `.jsonl` (one record per line); a folder stands for the data files in it.
 The format is detected per file from its first record unless the recipe names one. Placeholders are filled
 from `[data] variables` (glmtune.data.placeholders). Every problem names the file and line (or record) it comes from.
@@ -16,6 +21,7 @@ from typing import Any
 from glmtune.data.placeholders import fill
 from glmtune.errors import UsageError
 from glmtune.families import ROLES, Message
+from glmtune.families.base import ToolCall
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -24,7 +30,7 @@ SHAREGPT_ROLES = {
     "assistant": "assistant",
     "system": "system",
     "observation": "observation",
-    "function_call": "assistant",
+    "function_call": "assistant",  # its value is the call: {"name": ..., "arguments": {...}}
     "tool": "observation",
 }
 MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
@@ -34,6 +40,9 @@ MESSAGE_ROLES = {**{role: role for role in ROLES}, "tool": "observation"}
 class Example:
     messages: list[Message]
     origin: str  # "file:line", for messages
+    tools: tuple[
+        Mapping[str, Any], ...
+    ] = ()  # the functions the conversation may call (OpenAI `tools` entries)
     source: str = ""  # the data source it was read from (a registry entry or a file's stem), for stats
 
 
@@ -77,8 +86,56 @@ def read_examples(
             if file_format == "auto":
                 file_format = detect_format(record, origin)
             record = fill(record, variables, placeholders, origin)
-            examples.append(Example(to_messages(record, file_format, origin, system), origin))
+            messages = to_messages(record, file_format, origin, system)
+            examples.append(Example(messages, origin, read_tools(record, origin)))
     return examples
+
+
+def read_tools(record: Mapping[str, Any], origin: str) -> tuple[Mapping[str, Any], ...]:
+    """The record's `tools` plus any a message carries (GLM-4's demos put them on the system message)."""
+    found = [record.get("tools")] + [
+        turn.get("tools") for turn in record.get("messages") or [] if isinstance(turn, dict)
+    ]
+    tools: list[Mapping[str, Any]] = []
+    for value in found:
+        if isinstance(value, str) and value.strip():
+            value = _json(value, origin, "tools")
+        if value in (None, "", []):
+            continue
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise UsageError(
+                f"{origin}: 'tools' must be a list of function objects (or that list as a JSON string)"
+            )
+        tools += [t if "function" in t else {"type": "function", "function": t} for t in value]
+    return tuple(tools)
+
+
+def _json(text: str, origin: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{origin}: {where} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def tool_calls(value: Any, origin: str, where: str) -> tuple[ToolCall, ...]:
+    """Calls in OpenAI's shape (`{"type": "function", "function": {"name", "arguments"}}`) or bare
+    `{"name", "arguments"}`, one or a list; arguments an object or a JSON string of one."""
+    if isinstance(value, str):
+        value = _json(value, origin, where)
+    calls = []
+    for entry in value if isinstance(value, list) else [value]:
+        function = entry.get("function", entry) if isinstance(entry, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise UsageError(f"{origin}: {where}: each call needs a 'name' and 'arguments'")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            arguments = _json(arguments, origin, f"{where} arguments") if arguments.strip() else {}
+        if not isinstance(arguments, dict):
+            raise UsageError(
+                f"{origin}: {where}: the arguments of {function['name']!r} must be a JSON object"
+            )
+        calls.append(ToolCall(function["name"], arguments))
+    return tuple(calls)
 
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -144,7 +201,8 @@ def to_messages(record: Mapping[str, Any], fmt: str, origin: str, system: str | 
         messages.insert(0, Message("system", system))
     if not messages or messages[-1].role != "assistant":
         raise UsageError(f"{origin}: the conversation must end with an assistant answer")
-    if not messages[-1].content.strip():
+    last = messages[-1]
+    if not last.content.strip() and not last.tool_calls and not last.reasoning_content:
         raise UsageError(f"{origin}: empty answer; remove the record or write its answer")
     return messages
 
@@ -216,11 +274,31 @@ def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[
     speaker, text = keys
     messages: list[Message] = []
     for turn in _turns(record, origin, fmt):
-        if not isinstance(turn, dict) or speaker not in turn or text not in turn:
+        if (
+            not isinstance(turn, dict)
+            or speaker not in turn
+            or (text not in turn and not turn.get("tool_calls"))
+        ):
             raise UsageError(f"{origin}: each {fmt} turn needs '{speaker}' and '{text}'")
         role = roles.get(turn[speaker])
         if role is None:
             raise UsageError(f"{origin}: unknown {speaker} {turn[speaker]!r}; use one of {', '.join(roles)}")
-        content = _text(turn[text], origin, f"{fmt}[{len(messages)}].{text}")
-        messages.append(Message(role, content, _text(turn.get("metadata") or "", origin, "metadata")))
+        messages.append(_message(turn, role, keys, origin, f"{fmt}[{len(messages)}]"))
     return messages
+
+
+def _message(turn: Mapping[str, Any], role: str, keys: tuple[str, str], origin: str, where: str) -> Message:
+    """One turn; a sharegpt `function_call` turn's value is the call, an OpenAI turn's calls are `tool_calls`."""
+    speaker, text_key = keys
+    value = turn.get(text_key)
+    calls: tuple[ToolCall, ...] = ()
+    if turn[speaker] == "function_call":
+        calls, value = tool_calls(value, origin, f"{where}.value"), ""
+    elif turn.get("tool_calls"):
+        calls = tool_calls(turn["tool_calls"], origin, f"{where}.tool_calls")
+    content = "" if value is None and calls else _text(value, origin, f"{where}.{text_key}")
+    reasoning = turn.get("reasoning_content")
+    if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+        raise UsageError(f"{origin}: {where}.reasoning_content must be a string on an assistant turn")
+    metadata = _text(turn.get("metadata") or "", origin, "metadata")
+    return Message(role, content, metadata, reasoning_content=reasoning, tool_calls=calls)

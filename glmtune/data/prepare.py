@@ -15,7 +15,7 @@ from typing import Any
 
 from glmtune import __version__
 from glmtune.data.formats import Example
-from glmtune.data.render import Rendered, render_conversation, render_sample
+from glmtune.data.render import Rendered, render_conversation, render_sample, thinking_options
 from glmtune.data.sources import read_splits, source_files
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
@@ -102,8 +102,9 @@ def _render_split(data: DataSection, examples: list[Example], key: str, family: 
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
-        return render_sample(example.messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history, cut=data.cut)  # fmt: skip
+        messages, options = thinking_options(example.messages, data.thinking, example.tools)
+        return render_sample(messages, family, tokenizer, max_length=data.max_length, overlong=data.overlong,
+                             mask_history=data.mask_history, cut=data.cut, options=options)  # fmt: skip
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
 

@@ -7,14 +7,17 @@ inside user data stays plain text and cannot open a new role.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from rich.markup import escape
 
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
+from glmtune.families.base import RenderOptions
+
+Thinking = Literal["template", "keep", "off"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,29 @@ def special_token_id(tokenizer, name: str) -> int:
     return token_id
 
 
+def thinking_options(
+    messages: Sequence[Message], thinking: Thinking, tools: Sequence[Mapping[str, Any]] = ()
+) -> tuple[list[Message], RenderOptions]:
+    """The messages and render options of `[data] thinking`, the templates' own switches:
+    "template": as the template renders at inference (thinking on, past reasoning cleared); "keep":
+    `clear_thinking=false`, every turn's reasoning kept; "off": `enable_thinking=false`, reasoning dropped."""
+    options = RenderOptions(
+        tools=tuple(tools), enable_thinking=thinking != "off", clear_thinking=thinking != "keep"
+    )
+    if thinking == "off":
+        messages = [without_reasoning(m) for m in messages]
+    return list(messages), options
+
+
+def without_reasoning(message: Message) -> Message:
+    """The message with its reasoning removed: the field, and an inline `<think>…</think>` in the content (cut
+    where the templates cut it, at the last `</think>`)."""
+    content = message.content
+    if message.role == "assistant" and "</think>" in content:
+        content = content.split("</think>")[-1].lstrip("\n")
+    return replace(message, content=content, reasoning_content=None)
+
+
 def render_conversation(
     messages: Sequence[Message],
     family: Family,
@@ -42,12 +68,15 @@ def render_conversation(
     *,
     mask_history: bool = False,
     add_generation_prompt: bool = False,
+    options: RenderOptions = RenderOptions(),
 ) -> Rendered:
-    """Token ids and loss mask of a conversation in `family`'s layout.
+    """Token ids and loss mask of a conversation in `family`'s layout (`options`: tools and thinking switches).
 
-    Trained: every assistant turn's text and the token that ends it (only the last turn's when `mask_history`).
+    Trained: every assistant turn's own tokens and the token that ends it (only the last turn's when
+    `mask_history`), as the family's layout marks them.
     """
-    pieces = family.layout(messages, add_generation_prompt)
+    options = replace(options, add_generation_prompt=add_generation_prompt or options.add_generation_prompt)
+    pieces = family.layout(messages, options)
     last_turn = max((piece.turn for piece in pieces if piece.train), default=-1)
     ids: list[int] = []
     mask: list[bool] = []
@@ -71,6 +100,7 @@ def render_sample(
     overlong: Literal["truncate", "drop"],
     mask_history: bool = False,
     cut: Literal["middle", "end"] = "middle",
+    options: RenderOptions = RenderOptions(),
 ) -> Rendered:
     """`render_conversation` fitted to `max_length`: dropped, or truncated so that the task survives.
 
@@ -79,12 +109,12 @@ def render_sample(
     No user turn is emptied, and the answer's terminator is always kept: it is what teaches the model to stop.
     `changes` names what was done, for the stats table.
     """
-    rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history)
+    rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history, options=options)
     if len(rendered.ids) <= max_length:
         return rendered
     if overlong == "drop":
         return Rendered([], [], "dropped", ("too long",))
-    fitted = _Fitting(list(messages), family, tokenizer, mask_history, max_length)
+    fitted = _Fitting(list(messages), family, tokenizer, mask_history, max_length, options)
     fitted.drop_history()
     fitted.cut_prompt(cut)
     fitted.cut_answer()
@@ -105,6 +135,7 @@ class _Fitting:
     tokenizer: object
     mask_history: bool
     max_length: int
+    options: RenderOptions
     changes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -112,7 +143,7 @@ class _Fitting:
 
     def render(self) -> None:
         self.rendered = render_conversation(
-            self.messages, self.family, self.tokenizer, mask_history=self.mask_history
+            self.messages, self.family, self.tokenizer, mask_history=self.mask_history, options=self.options
         )
 
     @property

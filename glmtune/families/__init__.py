@@ -1,11 +1,13 @@
-"""The GLM family registry: every family-specific fact lives here, one record per family.
+"""The GLM family registry: every family-specific fact lives in one module per family, one record each.
 
-A record holds the special tokens by name, the prompt layout (which pieces a conversation renders to and which of
-them are trained), the stop tokens, the LoRA target modules per architecture and how to recognise the family in a
-checkpoint folder. No other module asks which family it is; they read the record.
+A record (`glmtune.families.base.Family`) holds the special tokens by name, the prompt layout (which pieces a
+conversation renders to and which of them are trained), the stop tokens, the LoRA target modules per architecture,
+the folders it recognises (`Signature`s over config fields, tokenizer files and the shipped chat template), its
+original remote-code layout (tokenizer spec and weight mapping) and its builtin tiny checkpoints. No other module asks
+which family it is; they read the record. Adding a family: one module defining `FAMILY`, one line in `_MODULES`.
 
-Families: `glm4` (GLM-4 native, and glm-4-9b-chat in its original remote-code layout), `chatglm3` (ChatGLM3-6B and
--base, original layout), `chatglm2` (ChatGLM2-6B, original layout) and `chatglm` (ChatGLM-6B v1, original layout or
+Families: `glm4` (GLM-4 native, and glm-4-9b-chat in its original remote-code layout), `chatglm3` (ChatGLM3-6B,
+original layout), `chatglm2` (ChatGLM2-6B, original layout) and `chatglm` (ChatGLM-6B v1, original layout or
 glmtune's native port). Sources of the format facts are cited at each layout: the official tokenizer_config.json chat
 templates and the original `tokenization_chatglm.py`, `modeling_chatglm.py` and fine-tuning scripts of
 THUDM/ChatGLM-6B, THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
@@ -13,21 +15,34 @@ THUDM/ChatGLM-6B, THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from glmtune.errors import UsageError
-from glmtune.families import chatglm, chatglm2, chatglm3, glm4
-from glmtune.families.base import FAMILY_KEY, ROLES, Family, Layout, Message, Piece, Recogniser, read_json
-from glmtune.families.chatglm import is_chatglm6b_config
+from glmtune.families import chatglm, chatglm2, chatglm3, glm4, glm4_5, glm4_7, glm5, glm5_2, glm5_3
+from glmtune.families.base import (
+    FAMILY_KEY,
+    ROLES,
+    Family,
+    FolderFacts,
+    Layout,
+    Message,
+    OriginalLayout,
+    Piece,
+    Signature,
+    TinySpec,
+    TokenizerSpec,
+    WeightLayout,
+    read_json,
+)
 
 __all__ = [
-    "FAMILY_KEY", "ROLES", "Family", "Layout", "Message", "Piece", "Recogniser", "read_json", "is_chatglm6b_config",
+    "FAMILY_KEY", "ROLES", "Family", "FolderFacts", "Layout", "Message", "OriginalLayout", "Piece", "Signature",
+    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json",
 ]  # fmt: skip
 
+_MODULES = (glm4, chatglm3, chatglm2, chatglm, glm4_5, glm4_7, glm5, glm5_2, glm5_3)
+REGISTRY: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in _MODULES}
 GLM4, CHATGLM3, CHATGLM2, CHATGLM = glm4.FAMILY, chatglm3.FAMILY, chatglm2.FAMILY, chatglm.FAMILY
-REGISTRY: dict[str, Family] = {family.name: family for family in (GLM4, CHATGLM3, CHATGLM2, CHATGLM)}
 
 
 def get_family(name: str) -> Family:
@@ -39,35 +54,52 @@ def get_family(name: str) -> Family:
         ) from None
 
 
+def candidates(folder: Path) -> list[Family]:
+    """Every family that recognises the folder (ignoring glmtune's stamp)."""
+    facts = FolderFacts.read(folder)
+    return [family for family in REGISTRY.values() if family.recognises(facts)]
+
+
 def detect_family(folder: Path) -> Family:
-    """Tell the family from a checkpoint folder: glmtune's own stamp, the original layout, or the model_type."""
-    config_path = folder / "config.json"
-    config = read_json(config_path)
-    if config.get(FAMILY_KEY):
-        return get_family(str(config[FAMILY_KEY]))
-    model_type = config.get("model_type", "")
-    if model_type == "chatglm":
-        return _detect_original(folder, config)
-    for family in REGISTRY.values():
-        if model_type in family.model_types:
-            return family
+    """The family of a checkpoint folder: glmtune's own stamp (config.json `glmtune_family`), else the one record
+    that recognises it. None or several is a UsageError naming the candidates and model.family."""
+    facts = FolderFacts.read(folder)
+    if facts.config.get(FAMILY_KEY):
+        return get_family(str(facts.config[FAMILY_KEY]))
+    matches = [family for family in REGISTRY.values() if family.recognises(facts)]
+    if len(matches) == 1:
+        return matches[0]
+    model_type = facts.config.get("model_type", "")
+    if matches:
+        problem = f"it fits several GLM families ({', '.join(f.name for f in matches)})"
+    else:
+        problem = (
+            f"no GLM family recognises it (model_type {model_type!r}, its tokenizer files and chat template)"
+        )
+    names = ", ".join(f.name for f in matches) or ", ".join(sorted(REGISTRY))
     raise UsageError(
-        f"{config_path}: cannot tell the GLM family of model_type {model_type!r}; "
-        f"set model.family to one of {', '.join(sorted(REGISTRY))}"
+        f"{folder / 'config.json'}: {problem}; set model.family (glmtune convert: --family) to one of {names}"
     )
 
 
-def _detect_original(folder: Path, config: Mapping[str, Any]) -> Family:
-    tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
-    matches = [
-        f
-        for f in REGISTRY.values()
-        if f.recognises is not None and f.recognises(folder, config, tokenizer_config)
-    ]
-    if len(matches) != 1:
-        candidates = ", ".join(f.name for f in matches or REGISTRY.values() if f.recognises is not None)
-        raise UsageError(
-            f"{folder / 'config.json'}: cannot tell which ChatGLM this original-layout checkpoint is; "
-            f"set model.family (glmtune convert: --family) to one of {candidates}"
-        )
-    return matches[0]
+def original_layout_types() -> frozenset[str]:
+    """config.json model_types that mean a folder is in some family's original remote-code layout."""
+    return frozenset(
+        model_type
+        for family in REGISTRY.values()
+        for signature in family.detection
+        if signature.layout == "original"
+        for model_type in signature.model_types
+    )
+
+
+def tiny_specs() -> dict[str, tuple[Family, TinySpec]]:
+    """Every builtin tiny checkpoint by name, with its family."""
+    return {spec.name: (family, spec) for family in REGISTRY.values() for spec in family.tiny}
+
+
+def register_architectures() -> None:
+    """Make every family's own architectures known to the Auto classes (safe to call again)."""
+    for family in REGISTRY.values():
+        if family.register_architectures is not None:
+            family.register_architectures()

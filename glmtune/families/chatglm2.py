@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
 
+from glmtune.families import glm_original_layout
 from glmtune.families.base import (
-    CONVERTED_TARGETS,
-    SP_CONTROL_TOKENS,
     Family,
     Message,
+    OriginalLayout,
     Piece,
-    checkpoint_names,
+    RenderOptions,
+    Signature,
+    TinySpec,
     question_answer_rounds,
 )
+from glmtune.families.chatglm3 import ORIGINAL as CHATGLM3_ORIGINAL
+from glmtune.families.chatglm3 import SP_CONTROL_TOKENS, SP_PIECES
 
 
-def _chatglm2_layout(messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
+def _chatglm2_layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
     # ChatGLM2 (tokenization_chatglm.py `build_prompt`, ptuning/main.py `preprocess_function_train`): `[gMASK]sop`,
     # then ONE text "[Round i]\n\n问：{q}\n\n答：{a}\n\n" per past round (i from 1) and "[Round n]\n\n问：{q}\n\n答："
     # for the last; the answer is encoded separately and followed by `</s>`. Only that last answer is trained: past
     # answers are part of the prompt text, tokenized jointly with it. ChatGLM2 has no system prompt; glmtune puts it
     # in front of the rounds followed by a blank line (ptuning's `source_prefix` is prepended the same way).
     # A prompt ending in a question always ends with "答：", which is its generation prompt.
-    system, rounds = question_answer_rounds(messages, "ChatGLM2")
+    system, rounds = question_answer_rounds(messages, "ChatGLM2", options)
     prompt = f"{system}\n\n" if system is not None else ""
     for number, (question, answer) in enumerate(rounds, 1):
         prompt += f"[Round {number}]\n\n问：{question}\n\n答："
@@ -50,20 +53,31 @@ CHATGLM2_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
 )
 
-# ChatGLM-6B v1 ships no template; this one renders `_chatglm_layout`: the query alone without history, else the
-# rounds from 0, `[gMASK]<sop>` after the last question, `<eop>` after a final answer.
-
-
-from glmtune.families.chatglm3 import _is_chatglm3  # noqa: E402
-
-
-def _is_chatglm2(folder: Path, config: Mapping[str, Any], tokenizer_config: Mapping[str, Any]) -> bool:
-    names = checkpoint_names(config, tokenizer_config)
-    return (
-        config.get("padded_vocab_size") == 65024
-        and "chatglm2" in names
-        and not _is_chatglm3(folder, config, tokenizer_config)
-    )
+# ChatGLM3's tokenizer without the role tokens; ChatGLM2-6B-32K's rope_ratio interpolated positions (ChatGLM3 and
+# GLM-4 scale the rotary base with it), which the native Glm cannot do: refused.
+ORIGINAL = OriginalLayout(
+    tokenizer=replace(CHATGLM3_ORIGINAL.tokenizer, special_tokens=SP_CONTROL_TOKENS),
+    weights=glm_original_layout.WEIGHTS_WITHOUT_ROPE_RATIO,
+)
+# ChatGLM2-6B ships no chat template (ChatGLM3 does; ChatGLM3-6B-Base does not, and so detects as this family).
+DETECTION = (
+    Signature(
+        model_types=(glm_original_layout.MODEL_TYPE,),
+        layout="original",
+        config={"padded_vocab_size": 65024},
+        files=("tokenizer.model",),
+        no_template=True,
+    ),
+)
+TINY = (
+    TinySpec(
+        "tiny-chatglm2",
+        "original",
+        config={**glm_original_layout.OFFICIAL_CONFIG, **glm_original_layout.TINY_SIZES, "seq_length": 32768},
+        tokenizer_config={"tokenizer_class": "ChatGLMTokenizer", "remove_space": False},
+        tokenizer_pieces=SP_PIECES,
+    ),
+)
 
 
 FAMILY = Family(
@@ -75,12 +89,13 @@ FAMILY = Family(
     stop_tokens=("</s>",),
     layout=_chatglm2_layout,
     chat_template=CHATGLM2_CHAT_TEMPLATE,
-    lora_targets=CONVERTED_TARGETS,
+    detection=DETECTION,
+    lora_targets=glm_original_layout.LORA_TARGETS,
     turn_end_note=(
         "the last answer ends with </s> and is the only trained turn (ptuning/main.py); earlier rounds are prompt "
         "text, so mask_history changes nothing"
     ),
-    original_tokenizer="chatglm2",
-    recognises=_is_chatglm2,
+    original=ORIGINAL,
+    tiny=TINY,
     fp16_safe=True,  # released as float16 (config.json torch_dtype) and run with .half() by the official demos
 )

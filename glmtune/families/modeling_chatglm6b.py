@@ -23,7 +23,6 @@ as its remote code, so it imports nothing from glmtune that it cannot do without
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -376,45 +375,3 @@ def original_state_dict(state: dict[str, Tensor], original: dict) -> dict[str, T
     for i in range(original["num_layers"]):
         out[f"transformer.layers.{i}.attention.rotary_emb.inv_freq"] = inv_freq.clone()
     return out
-
-
-def tiny_original_checkpoint(
-    seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 130528
-) -> tuple[dict, dict[str, Tensor]]:
-    """A small random fp32 checkpoint as the remote code's model holds it: the official config.json with shrunk sizes
-    and exactly its parameter names (lm_head equal to the word embeddings, as the remote code ties them). Norm
-    weights and biases are random too, so a port that mixes them up changes the outputs."""
-    defaults = ChatGLM6BConfig()
-    config: dict[str, Any] = {"architectures": ["ChatGLMModel"], "model_type": "chatglm"}
-    config |= {key: getattr(defaults, key) for key in ORIGINAL_FIELDS}
-    config |= dict(hidden_size=hidden, num_layers=layers, num_attention_heads=heads, vocab_size=vocab)
-    config |= dict(inner_hidden_size=4 * hidden, torch_dtype="float32")
-    if vocab <= max(value for key, value in config.items() if key.endswith("token_id")):
-        raise ValueError(f"vocab={vocab} must hold the special token ids (130005 for <eop>)")
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int, std: float = 0.1, mean: float = 0.0) -> Tensor:
-        return torch.randn(*shape, generator=generator) * std + mean
-
-    def norm(prefix: str) -> dict[str, Tensor]:
-        return {prefix + ".weight": randn(hidden, std=0.1, mean=1.0), prefix + ".bias": randn(hidden)}
-
-    linears = {
-        "attention.query_key_value": (3 * hidden, hidden),
-        "attention.dense": (hidden, hidden),
-        "mlp.dense_h_to_4h": (4 * hidden, hidden),
-        "mlp.dense_4h_to_h": (hidden, 4 * hidden),
-    }
-    state = {"transformer.word_embeddings.weight": randn(vocab, hidden, std=0.5)}
-    for i in range(layers):
-        p = f"transformer.layers.{i}."
-        state |= norm(p + "input_layernorm") | norm(p + "post_attention_layernorm")
-        for name, (rows, cols) in linears.items():
-            # fan-in scaling keeps activations O(1), so small numeric slips (gelu variant, rotary rounding) show
-            state |= {
-                p + name + ".weight": randn(rows, cols, std=cols**-0.5),
-                p + name + ".bias": randn(rows),
-            }
-    state |= norm("transformer.final_layernorm")
-    state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
-    return config, state
