@@ -123,7 +123,7 @@ def test_mixing_draws_counts_with_and_without_replacement_seeded(data_dir):
     ]  # fmt: skip
     assert len(drawn[0]) == 12 and drawn[0] == drawn[1] and drawn[0] != drawn[2]
     assert three.sources[0] | {"files": None} == {"name": "adgen", "files": None, "records": 5, "held_out": 0,
-                                                  "drawn": 3, "samples": 3, "replace": False}  # fmt: skip
+                                                  "drawn": 3, "mix": {"samples": 3, "replace": False}}  # fmt: skip
 
 
 def test_a_mix_entry_must_name_a_source_and_one_amount(data_dir):

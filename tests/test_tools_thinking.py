@@ -149,7 +149,9 @@ def test_chatglm3_writes_calls_in_its_metadata_line_and_tools_in_the_system_turn
 def test_a_glm4_style_metadata_call_renders_as_the_xml_call_it_means(name):
     family, user = get_family(name), Message("user", "w?")
     legacy = Message("assistant", '{"city": "Paris", "days": 3}', metadata="get_weather")
-    assert _text(family, [user, legacy]) == _text(family, [user, Message("assistant", "", tool_calls=(CALL,))])
+    assert _text(family, [user, legacy]) == _text(
+        family, [user, Message("assistant", "", tool_calls=(CALL,))]
+    )
     with pytest.raises(UsageError, match="message 2 has metadata 'get_weather'.*tool_calls"):
         family.layout([user, Message("assistant", "Paris", metadata="get_weather")], RenderOptions())
 

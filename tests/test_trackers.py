@@ -24,7 +24,11 @@ def test_a_missing_tracker_package_is_refused_before_anything_is_written(tmp_pat
 
 
 def test_trackers_log_offline_into_the_run_directory_unless_the_user_chose(tmp_path, monkeypatch):
-    for variable in ("SWANLAB_MODE", "SWANLAB_LOG_DIR", "WANDB_DIR"):  # recorded, so restored (unset) afterwards
+    for variable in (
+        "SWANLAB_MODE",
+        "SWANLAB_LOG_DIR",
+        "WANDB_DIR",
+    ):  # recorded, so restored (unset) afterwards
         monkeypatch.setenv(variable, "")
         monkeypatch.delenv(variable)
     monkeypatch.setenv("WANDB_MODE", "online")

@@ -175,8 +175,8 @@ def report_prepared(prepared: Prepared, title: str) -> None:
 
     term.table(title, *stats_rows(prepared.stats))
     sources = prepared.sources.get("sources", [])
-    if len(sources) > 1 or any("weight" in s or "samples" in s or s["held_out"] for s in sources):
-        keys = ["records", "held_out", "drawn", *SOURCE_COUNTS]
+    if len(sources) > 1 or any("mix" in s or s["held_out"] for s in sources):
+        keys = ["records", "held_out", "drawn", "tokens", "truncated", "dropped"]  # samples: drawn - dropped
         term.table(f"train sources (data.seed {prepared.sources['seed']})", ["source", *keys],
                    [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources])  # fmt: skip
     for warning in prepared.sources.get("warnings", []):

@@ -260,9 +260,9 @@ def _describe(source: Source, read: int, held_out: int, drawn: int, mix: MixEntr
     described: dict[str, Any] = {"name": source.name, "files": source.paths, "records": read,
                                  "held_out": held_out, "drawn": drawn}  # fmt: skip
     if mix is not None:
-        described |= mix.model_dump(exclude_none=True)
+        described["mix"] = mix.model_dump(exclude_none=True)
     elif source.samples is not None:
-        described["samples"] = source.samples
+        described["mix"] = {"samples": source.samples, "from": "num_samples"}
     return described
 
 
