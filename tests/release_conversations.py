@@ -40,6 +40,7 @@ CONVERSATIONS: dict[str, tuple[list[Message], tuple]] = {
                     Message("assistant", "\n  answer  \n", reasoning_content="  r  ")], ()),
     "empty": ([Message("user", ""), Message("assistant", "")], ()),
     "empty_reasoning": ([Message("user", "q"), Message("assistant", "a", reasoning_content="")], ()),
+    "blank_reasoning": ([Message("user", "q"), Message("assistant", "a", reasoning_content=" \n ")], ()),
     "user_nothink": ([Message("user", "q/nothink"), Message("assistant", "a")], ()),
     "prompt": ([Message("user", "q1"), Message("assistant", "a1", reasoning_content="r1"), Message("user", "q2")], ()),
     "prompt_after_tool": ([Message("user", "w?"), Message("assistant", "", tool_calls=(CALL,)),

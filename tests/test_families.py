@@ -268,7 +268,7 @@ def test_special_tokens_and_stop_tokens_resolve_by_name(real):
         ("chatglm3-6b", "chatglm3"),
         ("chatglm2-6b", "chatglm2"),
         ("glm-4-9b-chat", "glm4"),
-        ("glm-4.5", "glm4"),
+        ("glm-4.5", "glm4_5"),  # issue 8: GLM-4.5's XML template is its own family
         ("chatglm-6b", "chatglm"),  # the v1 family's own tests: test_chatglm6b_family.py
     ],
 )

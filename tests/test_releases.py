@@ -119,3 +119,20 @@ def test_glm5_stop_ids_are_the_glm47_flash_tokenizer_ids():
     for folder in ("glm-5.2", "glm-5.3-flash"):
         generation = json.loads(_asset(folder, "generation_config.json").read_text())
         assert generation["eos_token_id"] == [ids[t] for t in get_family("glm5_3").stop_tokens]
+
+
+@pytest.mark.parametrize("name", sorted(set(TEMPLATES.values())))
+def test_the_records_own_jinja_template_equals_its_layout(name):
+    # for tokenizers that ship no template (glmtune writes it into exports and tiny folders); no ../shared needed
+    family = get_family(name)
+    for conversation, (messages, tools) in CONVERSATIONS.items():
+        for options in option_grid(messages, tools):
+            try:
+                text = _layout_text(family, messages, options)
+            except UsageError:
+                continue
+            assert template_text(family.chat_template, messages, options) == text, (
+                name,
+                conversation,
+                options,
+            )

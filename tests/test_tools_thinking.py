@@ -5,6 +5,7 @@ each family's reply parser round-tripping its own rendered turns."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -197,10 +198,9 @@ def _own_text(family, messages, options) -> str:
     pieces = family.layout(messages, options)
     text = "".join(p.text for p in pieces if not p.appended)
     own = text.rsplit("<|assistant|>", 1)[1]
-    for empty in ("\n<think></think>", "<think></think>", "</think>"):
-        if own.startswith(empty):
-            own = own[len(empty) :]
-            break
+    empty = re.match(r"\n?<think>\s*</think>|</think>", own)  # an empty (or blank) think block
+    if empty:
+        own = own[empty.end() :]
     else:
         prompt = "".join(
             p.text for p in family.layout(messages[:-1], replace(options, add_generation_prompt=True))

@@ -213,7 +213,7 @@ def _load_for_inference(source: Path, *, dtype: str, merge: bool) -> Loaded:
             f"{source}: neither a glmtune run directory (run.json) nor a model folder (config.json)"
         )
     family = detect_family(source)
-    model = load_model(source, dtype=dtype)
+    model = load_model(source, dtype=dtype, family=family)
     model.eval()
     return Loaded(model, load_tokenizer(source, family=family), family, source, None)
 
@@ -249,6 +249,7 @@ def load_base_with_adapter(run: dict[str, Any], run_dir: Path, *, dtype: str, me
         dtype=dtype,
         allow_pickle=run.get("allow_pickle", False),
         trust_remote_code=run.get("trust_remote_code", False),
+        family=get_family(run["family"]),
     )
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     return model.merge_and_unload() if merge else model

@@ -130,7 +130,7 @@ def convert_checkpoint(source: Path, out: Path, *, family: str = "auto", allow_p
     renamed into place once every tensor read back bit-identical. Returns how the folder loads, in words."""
     if not is_original_folder(source):
         raise UsageError(
-            f"{source / 'config.json'}: not in an original remote-code layout glmtune knows "
+            f"{source / 'config.json'}: not an original-layout checkpoint glmtune knows "
             f"(model_type {', '.join(sorted(original_layout_types()))}); nothing to convert"
         )
     from glmtune.checkpoints.load import quiet_libraries

@@ -8,8 +8,10 @@ which family it is; they read the record. Adding a family: one module defining `
 
 Families: `glm4` (GLM-4 native, and glm-4-9b-chat in its original remote-code layout), `chatglm3` (ChatGLM3-6B,
 original layout), `chatglm2` (ChatGLM2-6B, original layout) and `chatglm` (ChatGLM-6B v1, original layout or
-glmtune's native port). Sources of the format facts are cited at each layout: the official tokenizer_config.json chat
-templates and the original `tokenization_chatglm.py`, `modeling_chatglm.py` and fine-tuning scripts of
+glmtune's native port), and the thinking/XML-call releases on the shared `think_xml` format: `glm4_5` (GLM-4.5,
+4.5-Air, 4.6), `glm4_7` (GLM-4.7, 4.7-Flash), `glm5` (GLM-5, 5.1), `glm5_2` (GLM-5.2), `glm5_3` (GLM-5.3-Flash).
+Sources of the format facts are cited at each layout: the official chat templates (tokenizer_config.json or
+chat_template.jinja) and the original `tokenization_chatglm.py`, `modeling_chatglm.py` and fine-tuning scripts of
 THUDM/ChatGLM-6B, THUDM/ChatGLM2-6B, THUDM/ChatGLM3 and THUDM/GLM-4.
 """
 

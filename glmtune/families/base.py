@@ -316,7 +316,7 @@ def refuse_tools(messages: Sequence[Message], options: RenderOptions, family: st
             found = found or f"message {index + 1} ({message.role}, a tool call or result)"
     if found:
         raise UsageError(
-            f"{family} has no tool format, but the conversation carries {found}; remove the tool data or set "
+            f"{family} has no tool calls (no tool format), but the conversation carries {found}; remove the tool data or set "
             "model.family to a family with tool calls (chatglm3, glm4, glm4_5 and later)"
         )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from glmtune.families import think_xml
+from glmtune.families import think_xml, think_xml_template
 from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature
 from glmtune.families.glm4_7 import MLA_TARGETS
 
@@ -44,7 +44,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     stop_tokens=think_xml.STOP_TOKENS,
     layout=_layout,
-    chat_template="",
+    chat_template=think_xml_template.chat_template(FORMAT),
     detection=(
         Signature(
             model_types=("glm_moe_dsa",),

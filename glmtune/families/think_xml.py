@@ -100,7 +100,7 @@ def layout(fmt: ThinkXmlFormat, messages: Sequence[Message], options: RenderOpti
     if fmt.effort_system and (options.enable_thinking or not fmt.effort_needs_thinking):
         pieces += [Piece("<|system|>", special=True), Piece("Reasoning Effort: Max")]
     if options.tools:
-        pieces += [Piece("<|system|>", special=True), *_tagged(_tools_text(fmt, options.tools))]
+        pieces += [Piece("<|system|>", special=True), *_tagged(tools_text(fmt, options.tools))]
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     previous_turn = -1  # the assistant message whose turn the next role tag ends, if any
     for index, message in enumerate(messages):
@@ -206,16 +206,14 @@ def _assistant(
         reasoning is not None if fmt.raw_reasoning else bool(reasoning)
     )
     nl = "\n" if fmt.role_newline else ""
-    pieces: list[Piece] = []
-    if shown and reasoning:
-        text = reasoning if fmt.raw_reasoning else reasoning.strip()
-        opens_reply = (
-            fmt.prompt_think[0] == "<think>"
-        )  # the generation prompt writes <think>, the model does not
-        pieces += [Piece(nl, train=True), Piece("<think>", special=True, train=not opens_reply),
-                   Piece(text, train=True), Piece("</think>", special=True, train=True)]  # fmt: skip
-    else:
-        pieces += _tagged(nl + ("<think></think>" if shown else fmt.hidden_think))
+    text = (reasoning if fmt.raw_reasoning else reasoning.strip()) if shown and reasoning is not None else ""
+    if text.strip():
+        # GLM-4.7+'s generation prompt writes the <think>, so the model does not; GLM-4.5's model writes it
+        prompt_opens = fmt.prompt_think[0] == "<think>"
+        pieces = [Piece(nl, train=True), Piece("<think>", special=True, train=not prompt_opens),
+                  Piece(text, train=True), Piece("</think>", special=True, train=True)]  # fmt: skip
+    else:  # an empty (or whitespace) think block, or the hidden form: never trained
+        pieces = _tagged(nl + (f"<think>{text}</think>" if shown else fmt.hidden_think))
     if content.strip():
         pieces.append(Piece(nl + content.strip(), train=True))
     for call in message.tool_calls:
@@ -269,7 +267,7 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _tools_text(fmt: ThinkXmlFormat, tools: Sequence[Mapping[str, Any]]) -> str:
+def tools_text(fmt: ThinkXmlFormat, tools: Sequence[Mapping[str, Any]]) -> str:
     if fmt.tools_as_functions:
         listed = [
             _function_json(t) for t in (t.get("function", t) for t in tools) if not t.get("defer_loading")

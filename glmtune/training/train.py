@@ -169,6 +169,7 @@ def train_here(recipe: Recipe, run_dir: Path, resume: bool = False, prepared: Pr
         trust_remote_code=recipe.model.trust_remote_code,
         allow_pickle=recipe.model.allow_pickle,
         quantization_config=quantization_config(recipe.launch.quantize, torch_dtype(recipe.model.dtype)),
+        family=family,
     )
     if recipe.launch.quantize != "none":
         model = prepare_for_kbit_training(model, recipe.train.gradient_checkpointing)
@@ -419,8 +420,8 @@ def meta_model(base: Path, recipe: Recipe):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from glmtune.checkpoints.load import load_config
+    from glmtune.checkpoints.load import family_for, load_config
 
-    config = load_config(base, recipe.model.trust_remote_code)
+    config = load_config(base, recipe.model.trust_remote_code, family_for(base, recipe.model.family))
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
