@@ -15,12 +15,14 @@ from glmtune.training.trackers import check_trackers, tracker_environment
 def test_a_missing_tracker_package_is_refused_before_anything_is_written(tmp_path, tracker):
     if importlib.util.find_spec(tracker) is not None:
         pytest.skip(f"{tracker} is installed here")
-    with pytest.raises(UsageError, match=f"train.report_to: {tracker} not installed; pip install {tracker}"):
+    with pytest.raises(
+        UsageError, match=f"train.report_to: {tracker} is not installed; pip install {tracker}"
+    ):
         check_trackers([tracker])
     result = glmtune("train", ROOT / "recipes" / "demo.toml", "--set", f"run.output_dir={tmp_path}",
                      "--set", f"train.report_to=['{tracker}']")  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{tracker} not installed" in result.stderr and not any(tmp_path.iterdir())
+    assert f"{tracker} is not installed" in result.stderr and not any(tmp_path.iterdir())
 
 
 def test_trackers_log_offline_into_the_run_directory_unless_the_user_chose(tmp_path, monkeypatch):

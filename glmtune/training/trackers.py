@@ -27,7 +27,8 @@ def check_trackers(report_to: Iterable[str]) -> None:
     missing = [name for name in report_to if importlib.util.find_spec(PACKAGES[name]) is None]
     if missing:
         raise UsageError(
-            f"train.report_to: {', '.join(missing)} not installed; pip install {' '.join(missing)}, or remove it"
+            f"train.report_to: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+            f"pip install {' '.join(missing)}, or remove it"
         )
 
 
