@@ -33,7 +33,7 @@ from test_render import runs
 
 from glmtune.checkpoints.convert import load_original_state
 from glmtune.checkpoints.export import export_run
-from glmtune.checkpoints.load import load_config, load_for_inference
+from glmtune.checkpoints.load import load_config, load_for_inference, load_model
 from glmtune.checkpoints.original import is_original_folder, load_original_tokenizer
 from glmtune.data.render import render_conversation, render_sample
 from glmtune.errors import UsageError
@@ -315,3 +315,37 @@ def test_full_fine_tuning_saves_and_exports_the_port(tiny_v1, tmp_path):
     base, tuned = load_original_state(tiny_v1), load_original_state(original)
     assert any(not torch.equal(base[name], tuned[name]) for name in base)
     assert torch.equal(tuned["lm_head.weight"], tuned["transformer.word_embeddings.weight"])  # still tied
+
+
+def test_convert_writes_a_folder_plain_transformers_loads_in_a_fresh_process(tiny_v1, tmp_path):
+    out = tmp_path / "converted"
+    result = glmtune("convert", tiny_v1, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = "".join((result.stderr + result.stdout).split())  # the terminal may wrap the line
+    assert "trust_remote_code=True" in said and "noremotecode" not in said
+    assert (out / "modeling_chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "chatglm6b" and config["glmtune_family"] == "chatglm"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chatglm6b.ChatGLM6BForCausalLM"
+    script = f"""
+import json, sys
+sys.modules["glmtune"] = None  # the converted folder must not need glmtune
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {str(out)!r}
+tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+ids = tokenizer.apply_chat_template([{{"role": "user", "content": "你好"}}], add_generation_prompt=True,
+                                    return_dict=True)["input_ids"]
+json.dump({{"ids": list(ids), "logits": model(input_ids=__import__("torch").tensor([ids])).logits[0].tolist(),
+           "class": type(model).__module__}}, sys.stdout)
+"""
+    fresh = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    loaded = json.loads(fresh.stdout)
+    assert loaded["class"].startswith("transformers_modules.") and loaded["ids"][-2:] == [GMASK, SOP]
+    original = load_model(tiny_v1, dtype="float32").eval()
+    with torch.no_grad():
+        expected = original(input_ids=torch.tensor([loaded["ids"]])).logits[0]
+    assert torch.allclose(torch.tensor(loaded["logits"]), expected, atol=1e-5)

@@ -140,7 +140,7 @@ def test_export_original_layout_needs_an_original_base(tiny_dir, tmp_path):
     }
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps(run))
-    with pytest.raises(UsageError, match="not in the original ChatGLM layout"):
+    with pytest.raises(UsageError, match="not in an original remote-code layout"):
         export_run(tmp_path / "run", tmp_path / "out", layout="original")
     assert not (tmp_path / "out").exists()
 

@@ -31,7 +31,7 @@ from glmtune.checkpoints.remote_code import model_code, save_with_code
 from glmtune.console import term
 from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
-from glmtune.families import Family, Message, get_family
+from glmtune.families import Family, Message, get_family, original_layout_types
 from glmtune.recipe import GenerationSection, Recipe
 from glmtune.rundir import is_run_dir, read_run, run_recipe, staged_dir
 
@@ -85,8 +85,8 @@ def _check_original_base(run: dict[str, Any]) -> None:
     base = base_model_folder(run)
     if not is_original_folder(base):
         raise UsageError(
-            f"--layout original: the base model {base} is not in the original ChatGLM layout "
-            "(config.json model_type 'chatglm'); export it with --layout native"
+            f"--layout original: the base model {base} is not in an original remote-code layout (config.json "
+            f"model_type {', '.join(sorted(original_layout_types()))}); export it with --layout native"
         )
 
 

@@ -60,10 +60,6 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def builtin_names() -> list[str]:
-    return list(tiny_specs())
-
-
 def builtin_path(name: str) -> Path:
     """The folder of builtin model `name`, built on first use."""
     specs = tiny_specs()

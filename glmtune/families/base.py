@@ -160,7 +160,7 @@ class WeightLayout:
     loading_config: Callable[
         [Mapping[str, Any]], Any
     ]  # original config.json -> a config the Auto classes know
-    model_class: Callable[[], type]
+    model_class: Callable[[], Any]  # the loading class (a transformers PreTrainedModel subclass)
     to_loaded: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # original names -> model names
     to_original: Callable[
         [dict[str, Any], Mapping[str, Any]], dict[str, Any]

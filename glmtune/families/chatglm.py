@@ -101,7 +101,7 @@ def _register_port() -> None:
     modeling_chatglm6b.register()
 
 
-def _port_class() -> type:
+def _port_class() -> Any:
     from glmtune.families.modeling_chatglm6b import ChatGLM6BForCausalLM
 
     return ChatGLM6BForCausalLM

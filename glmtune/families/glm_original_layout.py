@@ -193,7 +193,7 @@ def to_original(
     return out
 
 
-def _glm_class() -> type:
+def _glm_class() -> Any:
     from transformers import GlmForCausalLM
 
     return GlmForCausalLM

@@ -215,33 +215,11 @@ def _charsmap_steps(charsmap: bytes) -> list[Any]:
     characters the charsmap deliberately leaves alone but NFKC would change (U+FF5E FULLWIDTH TILDE, ...) are hidden
     from NFKC behind private-use placeholders.
     """
-    import unicodedata
-
     from tokenizers import Regex, normalizers
 
     precompiled = normalizers.Precompiled(charsmap)
     nfkc = normalizers.NFKC()
-    space_like = [
-        chr(c)
-        for c in range(0x10000)
-        if (unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf") or chr(c) in "\u2581\ufffd")
-        and not 0xD800 <= c < 0xE000
-        and chr(c) != " "
-        and precompiled.normalize_str(chr(c)) == " "
-    ]
-    changed_by_nfkc = (
-        chr(c)
-        for c in range(0x40000)
-        if not 0xD800 <= c < 0xE000 and unicodedata.normalize("NFKC", chr(c)) != chr(c)
-    )
-    exceptions = [  # alone, and after a letter (U+0344 decomposes into marks that NFKC composes with the letter)
-        c
-        for c in changed_by_nfkc
-        if any(
-            precompiled.normalize_str(nfkc.normalize_str(s)) != precompiled.normalize_str(s)
-            for s in (c, "a" + c)
-        )
-    ]
+    space_like, exceptions = _space_like(precompiled), _nfkc_exceptions(precompiled, nfkc)
     steps: list[Any] = []
     if space_like:
         steps.append(
@@ -253,3 +231,37 @@ def _charsmap_steps(charsmap: bytes) -> list[Any]:
     steps += [normalizers.Replace(p, c) for c, p in zip(exceptions, placeholders, strict=True)]
     steps.append(precompiled)
     return steps
+
+
+def _space_like(precompiled: Any) -> list[str]:
+    """Characters other than " " that the charsmap turns into a space."""
+    import unicodedata
+
+    return [
+        chr(c)
+        for c in range(0x10000)
+        if (unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf") or chr(c) in "\u2581\ufffd")
+        and not 0xD800 <= c < 0xE000
+        and chr(c) != " "
+        and precompiled.normalize_str(chr(c)) == " "
+    ]
+
+
+def _nfkc_exceptions(precompiled: Any, nfkc: Any) -> list[str]:
+    """Characters NFKC changes where the charsmap gives another result than after NFKC: alone, and after a letter
+    (U+0344 decomposes into marks that NFKC composes with the letter)."""
+    import unicodedata
+
+    changed_by_nfkc = (
+        chr(c)
+        for c in range(0x40000)
+        if not 0xD800 <= c < 0xE000 and unicodedata.normalize("NFKC", chr(c)) != chr(c)
+    )
+    return [
+        c
+        for c in changed_by_nfkc
+        if any(
+            precompiled.normalize_str(nfkc.normalize_str(s)) != precompiled.normalize_str(s)
+            for s in (c, "a" + c)
+        )
+    ]
