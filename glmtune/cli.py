@@ -222,11 +222,18 @@ def evaluate(
         Path | None, typer.Option(help="Recipe whose data and eval sections to use; default: the run's own.")
     ] = None,
     set_: SetOpt = None,
+    retention: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="General questions (e.g. data/retention/general.jsonl): did the tuned model keep them?"
+        ),
+    ] = None,
 ) -> None:
-    """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side."""
+    """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side; knowledge retention."""
     from glmtune.inference.evaluate import evaluate_source
 
-    evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [])
+    evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [],
+                    retention=[str(path.resolve()) for path in retention or []])  # fmt: skip
 
 
 class Switch(str, Enum):

@@ -72,18 +72,80 @@ class ModelSection(Section):
     allow_pickle: StrictBool = False  # load *.bin (pickle) weights; off means safetensors only
 
 
+COLUMN_NAMES = ("prompt", "query", "response", "system", "history", "messages", "tools")
+TAG_NAMES = (
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "observation_tag",
+    "function_tag",
+    "system_tag",
+)
+
+
+class MixEntry(Section):
+    """How many records one source gives the train split: `weight` times its size, or exactly `samples`."""
+
+    weight: float | None = Field(None, gt=0)  # 2.0: every record twice; 0.5: half of them
+    samples: int | None = Field(None, gt=0)
+    replace: StrictBool = False  # draw with replacement (else whole passes, then a sample of the rest)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> MixEntry:
+        if (self.weight is None) == (self.samples is None):
+            raise ValueError("give exactly one of weight or samples")
+        return self
+
+
 class DataSection(Section):
-    train: list[str] = Field(default_factory=list)  # files or folders (.json / .jsonl)
+    train: list[str] = Field(
+        default_factory=list
+    )  # files or folders (.json / .jsonl), or entries of data.registry
     eval: list[str] = Field(default_factory=list)
     format: Literal["auto", "alpaca", "context_target", "messages", "sharegpt"] = "auto"
-    variables: dict[str, str] = Field(default_factory=dict)  # fills {{placeholders}} in the data
+    registry: str | None = None  # a LLaMA-Factory dataset_info.json; train/eval may then name its entries
+    columns: dict[str, str] = Field(
+        default_factory=dict
+    )  # for data files: e.g. {prompt = "content", response = "summary"}
+    tags: dict[str, str] = Field(
+        default_factory=dict
+    )  # sharegpt turn keys and role names, LLaMA-Factory's names
+    mix: dict[str, MixEntry] = Field(default_factory=dict)  # per source name (registry entry or file stem)
+    seed: int = 42  # mixing and the eval split
+    eval_fraction: float | None = Field(None, gt=0, lt=1)  # held out from train when there is no data.eval
+    eval_count: int | None = Field(None, gt=0)  # or this many records
+    variables: dict[str, str] = Field(default_factory=dict)  # fills placeholders in the data
+    placeholders: Literal["{{name}}", "[NAME]", "<NAME>"] = "{{name}}"  # the placeholder syntax of the data
     system: str | None = None  # system prompt for samples that have none
     max_length: int = Field(1024, gt=8, le=MAX_COUNT)
     overlong: Literal["truncate", "drop"] = "truncate"
+    cut: Literal["middle", "end"] = "middle"  # where truncation cuts the longest prompt text
     mask_history: StrictBool = False  # train the last assistant turn only
     # GLM-4.5+ reasoning: "template" trains each turn as its template renders it at inference (past turns' reasoning
     # cleared), "keep" keeps every turn's reasoning (clear_thinking=false), "off" trains thinking-off replies
     thinking: Literal["template", "keep", "off"] = "template"
+
+    @model_validator(mode="after")
+    def _data_keys(self) -> DataSection:
+        problems = []
+        if unknown := sorted(set(self.columns) - set(COLUMN_NAMES)):
+            problems.append(f"data.columns: unknown {', '.join(unknown)}; use {', '.join(COLUMN_NAMES)}")
+        if unknown := sorted(set(self.tags) - set(TAG_NAMES)):
+            problems.append(f"data.tags: unknown {', '.join(unknown)}; use {', '.join(TAG_NAMES)}")
+        if self.eval_fraction is not None and self.eval_count is not None:
+            problems.append("data.eval_fraction and data.eval_count: give one of them")
+        if self.eval and (self.eval_fraction is not None or self.eval_count is not None):
+            problems.append(
+                "data.eval_fraction/eval_count hold out part of train; with data.eval set, drop them"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval) or self.eval_fraction is not None or self.eval_count is not None
 
 
 class MethodSection(Section):
@@ -128,9 +190,9 @@ class TrainSection(Section):
         "auto"  # samples share rows, isolated; auto: on where the family packs
     )
     loss: Literal["auto", "plain", "chunked", "fused"] = "auto"  # auto: fused (Liger, CUDA) or chunked
-    report_to: list[Literal["tensorboard"]] = Field(
+    report_to: list[Literal["tensorboard", "swanlab", "wandb"]] = Field(
         default_factory=list
-    )  # logs under checkpoints/runs; metrics.jsonl, loss.png always
+    )  # logs under the run directory (swanlab, wandb offline); metrics.jsonl, loss.png always
 
 
 SHARD_SIZE = r"[1-9][0-9]{0,5}([KMG]i?B|[KMG]IB)"  # what transformers' save_pretrained parses
@@ -179,6 +241,7 @@ class EvalSection(Section):
     max_samples: int | None = Field(None, gt=0)
     compare_base: StrictBool = True  # also score the untuned base model
     batch_size: int = Field(8, gt=0, le=MAX_COUNT)
+    retention: list[str] = Field(default_factory=list)  # general questions: do base and tuned still agree?
 
 
 class Recipe(Section):
@@ -208,8 +271,8 @@ class Recipe(Section):
                 "launch.quantize needs method.kind = 'lora' (a quantized base cannot be fully fine-tuned)"
             )
         train = self.train
-        if train.keep_best and not self.data.eval:
-            problems.append("train.keep_best needs an eval split: set data.eval")
+        if train.keep_best and not self.data.has_eval:
+            problems.append("train.keep_best needs an eval split: set data.eval or data.eval_fraction")
         if train.keep_best and bool(train.eval_steps) != bool(train.save_steps):
             problems.append(
                 "train.keep_best needs train.save_steps and train.eval_steps both set (or neither)"
@@ -224,12 +287,16 @@ class Recipe(Section):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+# Keys whose values may name data.registry entries instead of files.
+SOURCE_KEYS = {("data", "train"), ("data", "eval")}
 # Keys whose values are file paths: resolved against the folder of the TOML file that sets them (--set: the
 # current folder).
 PATH_KEYS = {
     ("data", "train"),
     ("data", "eval"),
     ("eval", "data"),
+    ("eval", "retention"),
+    ("data", "registry"),
     ("model", "path"),
     ("launch", "hostfile"),
     ("launch", "zero"),
@@ -296,16 +363,24 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
         value = table[key]
         if (section, key) == ("launch", "zero") and not str(value).endswith(".json"):
             continue  # a preset name, not a path
+        may_name = (section, key) in SOURCE_KEYS
         if isinstance(value, str):
-            table[key] = _resolve_one(value, folder)
+            table[key] = _resolve_one(value, folder, may_name)
         elif isinstance(value, list):
-            table[key] = [_resolve_one(v, folder) if isinstance(v, str) else v for v in value]
+            table[key] = [_resolve_one(v, folder, may_name) if isinstance(v, str) else v for v in value]
 
 
-def _resolve_one(value: str, folder: Path) -> str:
+def _resolve_one(value: str, folder: Path, may_name: bool = False) -> str:
     if ":" in value.split("/")[0] or Path(value).is_absolute():
         return value  # "builtin:..." names and absolute paths stay as they are
+    if may_name and is_source_name(value) and not (folder / value).exists():
+        return value  # the name of a data.registry entry, looked up when the data is read
     return str((folder / value).resolve())
+
+
+def is_source_name(value: str) -> bool:
+    """A bare word such as "alpaca_zh" rather than a path: no folder separator, no data-file suffix."""
+    return "/" not in value and "\\" not in value and Path(value).suffix not in (".json", ".jsonl")
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

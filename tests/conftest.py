@@ -119,3 +119,12 @@ def cli_server(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def read_lists(data):
+    """`read_splits` with both splits read (they may stream); `sources` and `warnings` are complete then."""
+    from glmtune.data.sources import read_splits
+
+    splits = read_splits(data)
+    splits.train, splits.eval = list(splits.train), list(splits.eval)
+    return splits

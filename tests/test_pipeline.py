@@ -51,6 +51,10 @@ def test_tuned_model_knows_its_new_identity_and_the_base_does_not(demo_run):
     assert scores["tuned"]["exact_match"] >= 90.0
     assert scores["base"]["exact_match"] < 10.0
     assert scores["tuned"]["rouge-l"] > scores["base"]["rouge-l"]
+    retention = json.loads((demo_run / "eval.json").read_text())[
+        "retention"
+    ]  # the demo asks general questions too
+    assert retention["tuned vs base"]["questions"] == 40 and "knowledge retention" in result.stderr
 
 
 def test_export_reloads_in_a_fresh_process_both_ways(demo_run, exported):

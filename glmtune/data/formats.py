@@ -6,24 +6,24 @@ OpenAI messages (`tool_calls`, `reasoning_content`, `tool` results, a message's 
 `function_call` (a JSON `{"name", "arguments"}` or a list of them) and `observation` turns.
 
 Files are `.json` (a list of records) or `.jsonl` (one record per line); a folder stands for the data files in it.
-The format is detected per file from its first record unless the recipe names one. `{{placeholders}}` are filled
-from `[data] variables`. Every problem names the file and line (or record) it comes from.
+The format is detected per file from its first record unless the recipe names one. Placeholders are filled
+from `[data] variables` (glmtune.data.placeholders). Every problem names the file and line (or record) it comes from.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glmtune.data.placeholders import fill
 from glmtune.errors import UsageError
 from glmtune.families import ROLES, Message
 from glmtune.families.base import ToolCall
 
-PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 SURROGATE = re.compile(
     "[\ud800-\udfff]"
 )  # json.loads lets an escaped lone surrogate through; no tokenizer takes it
@@ -47,6 +47,7 @@ class Example:
     tools: tuple[
         Mapping[str, Any], ...
     ] = ()  # the functions the conversation may call (OpenAI `tools` entries)
+    source: str = ""  # the data source it was read from (a registry entry or a file's stem), for stats
 
 
 def data_files(paths: list[str], key: str) -> list[Path]:
@@ -70,21 +71,42 @@ def data_files(paths: list[str], key: str) -> list[Path]:
 
 
 def read_examples(
-    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+    paths: list[str],
+    key: str,
+    fmt: str,
+    variables: Mapping[str, str],
+    system: str | None,
+    *,
+    placeholders: str = "{{name}}",
+    transform: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> list[Example]:
-    return list(iter_examples(paths, key, fmt, variables, system))
+    """Examples of the data files `paths`, as a list (see `iter_examples`)."""
+    return list(
+        iter_examples(paths, key, fmt, variables, system, placeholders=placeholders, transform=transform)
+    )
 
 
 def iter_examples(
-    paths: list[str], key: str, fmt: str, variables: Mapping[str, str], system: str | None
+    paths: list[str],
+    key: str,
+    fmt: str,
+    variables: Mapping[str, str],
+    system: str | None,
+    *,
+    placeholders: str = "{{name}}",
+    transform: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> Iterator[Example]:
-    """The records of every file in order, one at a time: a .jsonl file of any size is never held in memory."""
+    """The records of every file in order, one at a time: a .jsonl file of any size is never held in memory.
+    `transform` maps each raw record (and its origin) to a canonical one before the format is detected (column
+    mapping, see `glmtune.data.sources`)."""
     for file in data_files(paths, key):
         file_format = fmt
         for origin, record in _records(file):
+            if transform is not None:
+                record = transform(record, origin)
             if file_format == "auto":
                 file_format = detect_format(record, origin)
-            yield check_record(record, origin, file_format, variables, system)
+            yield check_record(record, origin, file_format, variables, system, placeholders)
 
 
 def check_record(
@@ -93,12 +115,13 @@ def check_record(
     fmt: str = "auto",
     variables: Mapping[str, str] | None = None,
     system: str | None = None,
+    placeholders: str = "{{name}}",
 ) -> Example:
     """One record as a training example, or the UsageError `prepare` would give for it."""
     if fmt == "auto":
         fmt = detect_format(record, origin)
     try:
-        filled = _fill(record, variables or {}, origin)
+        filled = fill(record, variables or {}, placeholders, origin)
     except RecursionError:
         raise UsageError(f"{origin}: JSON nested too deeply to be a data record") from None
     return Example(to_messages(filled, fmt, origin, system), origin, read_tools(filled, origin))
@@ -211,25 +234,6 @@ def detect_format(record: Mapping[str, Any], origin: str) -> str:
         f"{origin}: cannot tell the data format from keys {sorted(record)}; "
         "use alpaca (instruction/output), context/target, messages or sharegpt records, or set data.format"
     )
-
-
-def _fill(value: Any, variables: Mapping[str, str], origin: str) -> Any:
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in variables:
-                raise UsageError(
-                    f'{origin}: placeholder {{{{{name}}}}} has no value; add {name} = "..." under [data.variables]'
-                )
-            return variables[name]
-
-        return PLACEHOLDER.sub(substitute, value)
-    if isinstance(value, list):
-        return [_fill(v, variables, origin) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, variables, origin) for k, v in value.items()}
-    return value
 
 
 def to_messages(record: Mapping[str, Any], fmt: str, origin: str, system: str | None) -> list[Message]:

@@ -3,8 +3,9 @@
 The fingerprint covers the recipe's data section, the family, the tokenizer and the source files' bytes, so `train`
 reuses a prepared dataset exactly when nothing that shapes it has changed. Samples are stored unpadded: batches are
 padded to their own longest sample at training time. Records stream from the files to Arrow shards one at a time,
-so memory stays flat however large the data is; everything is written to a staging folder first, so a bad record
-anywhere (line 900,000 too) ends the command with its file:line and nothing written.
+so memory stays flat however large the data is (mixing and an eval split drawn from train read the records first:
+they sample from whole sources); everything is written to a staging folder first, so a bad record anywhere (line
+900,000 too) ends the command with its file:line and nothing written.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import json
 import os
 import shutil
 from array import array
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from glmtune import __version__
-from glmtune.data.formats import Example, data_files, iter_examples
+from glmtune.data.formats import Example
 from glmtune.data.render import Rendered, render_conversation, render_sample, thinking_options
+from glmtune.data.sources import read_splits, source_files
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
 from glmtune.recipe import DataSection
@@ -28,6 +31,8 @@ from glmtune.rundir import atomic_write_text, staged_dir
 
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
 SHARD_SIZE = "256MB"  # Arrow shards of the prepared dataset; train memory-maps them
+SOURCES_FILE = "sources.json"  # per source: records read, held out, drawn, samples, tokens, truncations
+SOURCE_COUNTS = ("samples", "tokens", "truncated", "dropped")
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Prepared:
     splits: dict[str, Any]  # split name -> datasets.Dataset with input_ids, labels
     stats: dict[str, dict[str, float]]
     reused: bool
+    sources: dict[str, Any] = field(default_factory=dict)  # sources.json: seed, per-source counts, warnings
 
 
 def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> Prepared:
@@ -43,39 +49,48 @@ def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> 
     from datasets import load_from_disk
 
     if not data.train:
-        raise UsageError("data.train: no training data; list .json/.jsonl files or folders")
+        raise UsageError(
+            "data.train: no training data; list .json/.jsonl files or folders, or registry entries"
+        )
     fingerprint = data_fingerprint(data, family, tokenizer)
     stamp = folder / "fingerprint.txt"
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
         stats = json.loads((folder / "stats.json").read_text())
         splits = {name: load_from_disk(str(folder / name)) for name in stats}
-        return Prepared(folder, splits, stats, reused=True)
-    sources = {
-        "train": (data.train, "data.train"),
-        **({"eval": (data.eval, "data.eval")} if data.eval else {}),
-    }
+        sources_file = folder / SOURCES_FILE
+        sources = json.loads(sources_file.read_text(encoding="utf-8")) if sources_file.is_file() else {}
+        return Prepared(folder, splits, stats, reused=True, sources=sources)
+    read = read_splits(data)
+    train_tally = Tally(data)
     with staged_dir(folder) as staging:
         stats = {
-            name: write_split(data, paths, key, family, tokenizer, staging / name)
-            for name, (paths, key) in sources.items()
+            "train": write_split(
+                data, read.train, "data.train", family, tokenizer, staging / "train", train_tally
+            )
         }
+        if read.has_eval:
+            stats["eval"] = write_split(
+                data, read.eval, "data.eval", family, tokenizer, staging / "eval", Tally(data)
+            )
         atomic_write_text(staging / "stats.json", json.dumps(stats, indent=2) + "\n")
+        sources = {"seed": data.seed, "warnings": read.warnings,
+                   "sources": [s | train_tally.by_source.get(s["name"], {}) for s in read.sources]}  # fmt: skip
+        atomic_write_text(staging / SOURCES_FILE, json.dumps(sources, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(staging / "fingerprint.txt", fingerprint + "\n")
-    splits = {name: load_from_disk(str(folder / name)) for name in sources}
-    return Prepared(folder, splits, stats, reused=False)
+    splits = {name: load_from_disk(str(folder / name)) for name in stats}
+    return Prepared(folder, splits, stats, reused=False, sources=sources)
 
 
-def write_split(data: DataSection, paths: list[str], key: str, family: Family, tokenizer, target: Path):
-    """Stream records -> rendered samples -> Arrow shards in `target`, in bounded memory (datasets writes rows
+def write_split(data: DataSection, examples: Iterable[Example], key: str, family: Family, tokenizer, target: Path,
+                tally: Tally) -> dict[str, float]:  # fmt: skip
+    """Stream examples -> rendered samples -> Arrow shards in `target`, in bounded memory (datasets writes rows
     in batches and memory-maps them); returns the split's stats. A bad record raises before `target` exists."""
     from datasets import Dataset, Features, Sequence, Value
     from datasets.exceptions import DatasetGenerationError
 
-    tally = Tally()
-
     def samples():
-        for example in iter_examples(paths, key, data.format, data.variables, data.system):
-            sample = tally.add(render_example(example, data, family, tokenizer))
+        for example in examples:
+            sample = tally.add(render_example(example, data, family, tokenizer), example.source)
             if sample.status != "dropped":
                 yield {"input_ids": sample.ids, "labels": labels_of(sample)}
 
@@ -89,9 +104,9 @@ def write_split(data: DataSection, paths: list[str], key: str, family: Family, t
             raise exc.__cause__ from None
         raise
     except ValueError:
-        tally.check(key, data)  # datasets refuses a split without rows: say why there are none
+        tally.check(key)  # datasets refuses a split without rows: say why there are none
         raise
-    tally.check(key, data)
+    tally.check(key)
     dataset.save_to_disk(str(target), max_shard_size=SHARD_SIZE)
     del dataset
     shutil.rmtree(build, ignore_errors=True)
@@ -99,29 +114,37 @@ def write_split(data: DataSection, paths: list[str], key: str, family: Family, t
 
 
 class Tally:
-    """Counts and lengths of a split as its samples stream past (4 bytes a sample)."""
+    """Counts and lengths of a split as its samples stream past (4 bytes a sample), overall and per source."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: DataSection) -> None:
+        self.data = data
         self.records = 0
-        self.counts = {"truncated": 0, "dropped": 0}
+        self.counts = dict.fromkeys(("truncated", "dropped", *truncation_keys(data)), 0)
         self.lengths = array("I")
         self.supervised = 0
+        self.by_source: dict[str, dict[str, int]] = {}
 
-    def add(self, sample: Rendered) -> Rendered:
+    def add(self, sample: Rendered, source: str) -> Rendered:
         self.records += 1
+        tally = self.by_source.setdefault(source, dict.fromkeys(SOURCE_COUNTS, 0))
         if sample.status != "ok":
             self.counts[sample.status] += 1
+            tally[sample.status] += 1
+        for change in sample.changes if sample.status == "truncated" else ():
+            self.counts[f"truncated: {change}"] += 1
         if sample.status != "dropped":
             self.lengths.append(len(sample.ids))
             self.supervised += sum(sample.mask)
+            tally["samples"] += 1
+            tally["tokens"] += len(sample.ids)
         return sample
 
-    def check(self, key: str, data: DataSection) -> None:
+    def check(self, key: str) -> None:
         if not self.records:
             raise UsageError(f"{key}: the data files hold no records; add samples, or check the paths")
         if not self.lengths:
             raise UsageError(
-                f"{key}: every sample was dropped as longer than data.max_length={data.max_length}; raise it"
+                f"{key}: every sample was dropped as longer than data.max_length={self.data.max_length}; raise it"
             )
 
     def stats(self) -> dict[str, float]:
@@ -133,8 +156,7 @@ class Tally:
             "samples": len(lengths),
             "tokens": int(lengths.sum()),
             "supervised_tokens": self.supervised,
-            "truncated": self.counts["truncated"],
-            "dropped": self.counts["dropped"],
+            **self.counts,
             "length_p50": float(np.percentile(lengths, 50)),
             "length_p90": float(np.percentile(lengths, 90)),
             "length_p99": float(np.percentile(lengths, 99)),
@@ -146,8 +168,8 @@ def render_example(example: Example, data: DataSection, family: Family, tokenize
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
         messages, options = thinking_options(example.messages, data.thinking, example.tools)
-        return render_sample(messages, family, tokenizer, max_length=data.max_length,
-                             overlong=data.overlong, mask_history=data.mask_history, options=options)  # fmt: skip
+        return render_sample(messages, family, tokenizer, max_length=data.max_length, overlong=data.overlong,
+                             mask_history=data.mask_history, cut=data.cut, options=options)  # fmt: skip
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
 
@@ -157,16 +179,22 @@ def labels_of(sample: Rendered) -> list[int]:
     return [t if m else IGNORE_INDEX for t, m in zip(sample.ids, sample.mask, strict=True)]
 
 
+def truncation_keys(data: DataSection) -> list[str]:
+    """Stats keys counting, per kind of change, the samples truncation changed."""
+    return [
+        f"truncated: {change}" for change in ("history dropped", f"prompt cut ({data.cut})", "answer end cut")
+    ]
+
+
 def data_fingerprint(data: DataSection, family: Family, tokenizer) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(family.name.encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     digest.update(layout_fingerprint(family, tokenizer).encode())
-    for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
-        for file in data_files(paths, key):
-            digest.update(str(file.resolve()).encode())
-            digest.update(_file_digest(file))
+    for file in source_files(data):
+        digest.update(str(file.resolve()).encode())
+        digest.update(_file_digest(file))
     return digest.hexdigest()
 
 
@@ -205,3 +233,17 @@ def stats_rows(stats: dict[str, dict[str, float]]) -> tuple[list[str], list[list
     names = list(stats)
     keys = list(next(iter(stats.values())))
     return ["", *names], [[key, *(stats[name][key] for name in names)] for key in keys]
+
+
+def report_prepared(prepared: Prepared, title: str) -> None:
+    """The stats table, the per-source table (when there are several sources or a mix) and the data warnings."""
+    from glmtune.console import term
+
+    term.table(title, *stats_rows(prepared.stats))
+    sources = prepared.sources.get("sources", [])
+    if len(sources) > 1 or any("mix" in s or s["held_out"] for s in sources):
+        keys = ["records", "held_out", "drawn", "tokens", "truncated", "dropped"]  # samples: drawn - dropped
+        term.table(f"train sources (data.seed {prepared.sources['seed']})", ["source", *keys],
+                   [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources])  # fmt: skip
+    for warning in prepared.sources.get("warnings", []):
+        term.warn(warning)

@@ -8,7 +8,7 @@ inside user data stays plain text and cannot open a new role.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from rich.markup import escape
@@ -26,6 +26,7 @@ class Rendered:
     mask: list[bool]  # True where the token is a training target
     status: Literal["ok", "truncated", "dropped"] = "ok"
     opening: str = ""  # the generation prompt's text that the reply continues (parse the reply with it)
+    changes: tuple[str, ...] = ()  # what truncation did, or why the sample was dropped
 
 
 def special_token_id(tokenizer, name: str) -> int:
@@ -95,34 +96,103 @@ def render_sample(
     max_length: int,
     overlong: Literal["truncate", "drop"],
     mask_history: bool = False,
+    cut: Literal["middle", "end"] = "middle",
     options: RenderOptions = RenderOptions(),
 ) -> Rendered:
-    """`render_conversation` fitted to `max_length`: dropped, or truncated on the prompt side first.
+    """`render_conversation` fitted to `max_length`: dropped, or truncated so that the task survives.
 
-    Truncation drops the oldest rounds of history, then cuts the end of the last prompt message, and only then the
-    end of the answer's text; the answer's terminator is always kept, since it is what teaches the model to stop.
+    Truncation drops the oldest rounds of history, then shortens the longest text of the current prompt (system or
+    user) from the `cut` side, never below PROMPT_FLOOR tokens, and only then cuts the end of the answer's text.
+    No user turn is emptied, and the answer's terminator is always kept: it is what teaches the model to stop.
+    `changes` names what was done, for the stats table.
     """
     rendered = render_conversation(messages, family, tokenizer, mask_history=mask_history, options=options)
     if len(rendered.ids) <= max_length:
         return rendered
     if overlong == "drop":
-        return Rendered([], [], "dropped")
-    messages = list(messages)
-    while len(rendered.ids) > max_length and _drop_oldest_round(messages):
-        rendered = render_conversation(
-            messages, family, tokenizer, mask_history=mask_history, options=options
+        return Rendered([], [], "dropped", ("too long",))
+    fitted = _Fitting(list(messages), family, tokenizer, mask_history, max_length, options)
+    fitted.drop_history()
+    fitted.cut_prompt(cut)
+    fitted.cut_answer()
+    if fitted.overflow > 0 or not any(fitted.rendered.mask):
+        return Rendered([], [], "dropped", ("no room for the answer",))
+    return replace(fitted.rendered, status="truncated", changes=tuple(fitted.changes))
+
+
+PROMPT_FLOOR = 16  # tokens a shortened prompt text keeps at least (or a quarter of max_length, if more)
+
+
+@dataclass
+class _Fitting:
+    """A conversation being shortened step by step; every step re-renders through `render_conversation`."""
+
+    messages: list[Message]
+    family: Family
+    tokenizer: object
+    mask_history: bool
+    max_length: int
+    options: RenderOptions
+    changes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.render()
+
+    def render(self) -> None:
+        self.rendered = render_conversation(
+            self.messages, self.family, self.tokenizer, mask_history=self.mask_history, options=self.options
         )
-    answer_at = max(i for i, m in enumerate(messages) if m.role == "assistant")
-    for target in (answer_at - 1, answer_at):
-        while len(rendered.ids) > max_length and messages[target].content:
-            overflow = len(rendered.ids) - max_length
-            messages[target] = _cut_tail(messages[target], overflow, tokenizer)
-            rendered = render_conversation(
-                messages, family, tokenizer, mask_history=mask_history, options=options
-            )
-    if len(rendered.ids) > max_length or not any(rendered.mask):
-        return Rendered([], [], "dropped")
-    return replace(rendered, status="truncated")
+
+    @property
+    def overflow(self) -> int:
+        return len(self.rendered.ids) - self.max_length
+
+    @property
+    def answer_at(self) -> int:
+        return max(i for i, m in enumerate(self.messages) if m.role == "assistant")
+
+    def drop_history(self) -> None:
+        while self.overflow > 0 and _drop_oldest_round(self.messages):
+            self.render()
+            self._note("history dropped")
+
+    def cut_prompt(self, side: Literal["middle", "end"]) -> None:
+        floor = max(PROMPT_FLOOR, self.max_length // 4)
+        while self.overflow > 0:
+            lengths = {i: self._length(i) for i in self._prompt_texts()}
+            longest = max(lengths, key=lambda i: lengths[i], default=None)
+            if longest is None or lengths[longest] <= floor:
+                return
+            keep = max(floor, lengths[longest] - self.overflow - (side == "middle"))  # room for the elision
+            self.messages[longest] = _shorten(self.messages[longest], keep, side, self.tokenizer)
+            self.render()
+            self._note(f"prompt cut ({side})")
+
+    def cut_answer(self) -> None:
+        at = self.answer_at
+        while self.overflow > 0 and self.messages[at].content:
+            keep = max(0, self._length(at) - self.overflow)
+            self.messages[at] = _shorten(self.messages[at], keep, "end", self.tokenizer)
+            self.render()
+            self._note("answer end cut")
+
+    def _prompt_texts(self) -> list[int]:
+        """System messages and the texts of the current round before the answer."""
+        at = self.answer_at
+        previous = max((i for i in range(at) if self.messages[i].role == "assistant"), default=-1)
+        return [i for i in range(at) if self.messages[i].role != "assistant"
+                and (i > previous or self.messages[i].role == "system")]  # fmt: skip
+
+    def _length(self, index: int) -> int:
+        return len(_encode(self.messages[index].content, self.tokenizer))
+
+    def _note(self, change: str) -> None:
+        if change not in self.changes:
+            self.changes.append(change)
+
+
+def _encode(text: str, tokenizer) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
 def _drop_oldest_round(messages: list[Message]) -> bool:
@@ -134,12 +204,23 @@ def _drop_oldest_round(messages: list[Message]) -> bool:
     return True
 
 
-def _cut_tail(message: Message, overflow: int, tokenizer) -> Message:
-    ids = tokenizer.encode(message.content, add_special_tokens=False, split_special_tokens=True)
-    keep = max(0, len(ids) - overflow)
-    text = tokenizer.decode(ids[:keep]) if keep else ""
-    if len(text) >= len(message.content):  # decoding can merge bytes back; make sure we always make progress
-        text = message.content[: max(0, len(message.content) - 1)]
+ELISION = "…"  # joins the head and tail of a text cut in the middle
+
+
+def _shorten(message: Message, keep: int, side: Literal["middle", "end"], tokenizer) -> Message:
+    """`message` with its text cut to about `keep` tokens: its head (end) or its head and tail (middle)."""
+    content = message.content
+    ids = _encode(content, tokenizer)
+    if side == "middle" and keep >= 2:
+        head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
+        text = tokenizer.decode(head) + ELISION + tokenizer.decode(tail)
+        if len(text) >= len(content):  # decoding can merge bytes back; make sure we always make progress
+            middle = len(content) // 2
+            text = content[: max(0, middle - 1)] + ELISION + content[middle + 1 :]
+    else:
+        text = tokenizer.decode(ids[:keep]) if keep else ""
+        if len(text) >= len(content):
+            text = content[: max(0, len(content) - 1)]
     return replace(message, content=text)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from glmtune.checkpoints.load import Base
 from glmtune.console import term
-from glmtune.data.prepare import data_fingerprint, prepare_data, stats_rows
+from glmtune.data.prepare import data_fingerprint, prepare_data, report_prepared
 from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe
@@ -22,6 +22,7 @@ from glmtune.training.callbacks import latest_complete_checkpoint
 from glmtune.training.launch import estimate_memory, has_cuda, refuse_impossible, zero_stage
 from glmtune.training.loss import resolve_loss
 from glmtune.training.method import apply_method, count_parameters
+from glmtune.training.trackers import check_trackers
 
 
 def check_precision(recipe: Recipe, family: Family) -> None:
@@ -34,12 +35,7 @@ def check_precision(recipe: Recipe, family: Family) -> None:
 
 def check_plan(recipe: Recipe, base: Base) -> None:
     """LoRA targets and, where there is GPU memory to plan for, the memory estimate: before anything is written."""
-    import importlib.util
-
-    if "tensorboard" in recipe.train.report_to and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError(
-            "train.report_to: tensorboard is not installed; pip install tensorboard, or remove it"
-        )
+    check_trackers(recipe.train.report_to)
     use_packing(recipe, base.family)
     model = apply_method(base.meta_model(), recipe, base.family, quiet=True)
     if has_cuda() or recipe.launch.gpu_memory_gb:
@@ -114,7 +110,7 @@ def show_plan(recipe: Recipe, base: Base, launch) -> None:
         "memory estimate per GPU (GiB)", ["part", "GiB"], [[k, f"{v:.2f}"] for k, v in estimate.items()]
     )
     refuse_impossible(estimate, recipe)
-    term.table("data", *stats_rows(prepared.stats))
+    report_prepared(prepared, "data")
 
 
 def _plan_rows(recipe: Recipe, base: Base, launch, model, trainable: int, total: int) -> list[list[str]]:

@@ -19,7 +19,7 @@ from typing import Any
 from glmtune.checkpoints.integrity import check_deepspeed_json
 from glmtune.checkpoints.load import Base, open_base, torch_dtype
 from glmtune.console import progress_callback, quiet_libraries, term
-from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, stats_rows
+from glmtune.data.prepare import IGNORE_INDEX, Prepared, prepare_data, report_prepared
 from glmtune.errors import UsageError
 from glmtune.families import Family
 from glmtune.recipe import Recipe, TrainSection
@@ -53,6 +53,7 @@ from glmtune.training.launch import (
 )
 from glmtune.training.method import apply_method
 from glmtune.training.plan import check_plan, check_precision, check_resumable, show_plan, use_packing
+from glmtune.training.trackers import tracker_environment
 
 
 def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
@@ -72,7 +73,7 @@ def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwr
         check_resumable(run_dir, recipe, base)
     with run_attempt(run_dir, replace=overwrite and not resume, keep_if=has_complete_checkpoint(run_dir)):
         prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
-        term.table("data", *stats_rows(prepared.stats))
+        report_prepared(prepared, "data")
         if not resume:
             write_recipe(run_dir, recipe)
             write_run(
@@ -106,7 +107,7 @@ def prepare_run(recipe: Recipe, show: int = 0) -> Prepared:
     base = open_base(recipe.model)
     with run_attempt(run_dir, replace=False, keep_if=lambda: False):
         prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
-    term.table(f"data {'reused' if prepared.reused else 'prepared'}", *stats_rows(prepared.stats))
+    report_prepared(prepared, f"data {'reused' if prepared.reused else 'prepared'}")
     for index in range(min(show, len(prepared.splits["train"]))):
         row = prepared.splits["train"][index]
         mask = [label != IGNORE_INDEX for label in row["labels"]]
@@ -125,6 +126,7 @@ def train_here(
     init_distributed(recipe)
     if prepared is None:  # a DeepSpeed worker: the launching process prepared it, this only loads it
         prepared = prepare_data(recipe.data, base.family, base.tokenizer, run_dir / "data")
+    tracker_environment(recipe.train.report_to, run_dir)
     # TrainingArguments come first: with ZeRO-3 they make from_pretrained build the model already partitioned.
     args = training_arguments(recipe, run_dir / "checkpoints", has_eval="eval" in prepared.splits)
     quantization = quantization_config(recipe.launch.quantize, torch_dtype(recipe.model.dtype))
