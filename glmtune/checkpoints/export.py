@@ -117,9 +117,9 @@ def probe_inputs(family: Family, tokenizer, run_dir: Path) -> list[list[int]]:
     """Up to three training samples (or, without any, a fixed conversation) to compare logits on."""
     data = run_dir / "data" / "train"
     if data.is_dir():
-        from datasets import load_from_disk
+        from glmtune.data.prepare import load_split
 
-        samples = load_from_disk(str(data))
+        samples = load_split(data)
         if len(samples):
             return [row["input_ids"] for row in samples.select(range(min(PROBE_SAMPLES, len(samples))))]
     messages = [Message("user", "你好，你是谁？ Who are you?"), Message("assistant", "I am a GLM model.")]
