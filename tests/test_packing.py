@@ -99,6 +99,28 @@ def test_flash_layout_flattens_the_batch_into_one_row():
     assert batch["position_ids"].tolist() == [[0, 1, 0]]
 
 
+def test_packed_sdpa_gives_a_flattened_batch_the_loss_of_the_padded_one():
+    from datasets import Dataset
+
+    model = load_model(builtin_path("tiny-glm4"), dtype="float32")
+    use_packed_sdpa(model)
+    samples = _samples(model.config.vocab_size, [17, 9, 30, 5, 40, 22, 3])
+    rows = list(pack_dataset(Dataset.from_list(samples), max_length=48))
+    assert len(rows) > 1
+    padded, flat = PackedCollator(0)(rows), PackedCollator(0, flatten=True)(rows)
+    assert flat["input_ids"].shape == (
+        1,
+        sum(len(s["input_ids"]) for s in samples),
+    )  # not one padding position
+    model.train()
+    with torch.no_grad():
+        losses = [
+            plain_cross_entropy(model(**batch).logits, batch["labels"], num_items_in_batch=1)
+            for batch in (padded, flat)
+        ]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+
+
 def test_first_label_of_each_sample_is_dropped():
     from datasets import Dataset
 

@@ -62,7 +62,8 @@ def pack_dataset(dataset, max_length: int):
 
 class PackedCollator:
     """Batches packed rows: pads each to the longest row (padding restarts its own positions, labels ignored) or,
-    for flash-attention, lays the whole batch out as one row (its kernels need batch 1 for varlen)."""
+    where attention runs per packed sample (flash-attention's varlen kernels need batch 1; `packed_sdpa`), lays the
+    whole batch out as one row: no padding at all."""
 
     def __init__(self, pad_token_id: int, flatten: bool = False) -> None:
         self.pad_token_id, self.flatten = pad_token_id, flatten

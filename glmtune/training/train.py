@@ -237,11 +237,14 @@ def batching(recipe: Recipe, family: Family, tokenizer, model) -> Batching:
 
     packed = use_packing(recipe, family)
     attention = str(getattr(model.config, "_attn_implementation", ""))
-    flash = attention.startswith("flash")
     if packed and attention == "sdpa":
         use_packed_sdpa(model)
+    # Attention that runs per packed sample (flash varlen, glmtune's packed sdpa) takes the batch as one row, so no
+    # position is spent on padding rows to the batch's longest; a block-diagonal mask (eager) would grow with the
+    # square of the flattened row, so there the rows are padded.
+    flatten = attention.startswith("flash") or (packed and attention == "sdpa")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    padded_or_packed = PackedCollator(pad_id, flatten=flash) if packed else collator(tokenizer)
+    padded_or_packed = PackedCollator(pad_id, flatten=flatten) if packed else collator(tokenizer)
     loss = resolve_loss(recipe.train.loss, model.config.model_type, zero_stage(deepspeed_config(recipe)))
     return Batching(packed, recipe.data.max_length, padded_or_packed, loss)
 
