@@ -60,3 +60,37 @@ def test_an_empty_file_says_so(tmp_path, tokenizer, glm4):
         prepare_data(
             DataSection(train=[str(tmp_path / "d.jsonl")]), glm4, tokenizer, tmp_path / "run" / "data"
         )
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_a_json_list_streams_in_chunks_to_the_records_json_load_reads(tmp_path, monkeypatch, chunk):
+    import glmtune.data.formats as formats
+
+    monkeypatch.setattr(formats, "CHUNK", chunk)  # records straddle every chunk boundary
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(RECORDS[:40], ensure_ascii=False, indent=2), encoding="utf-8")
+    read = [e.messages for e in iter_examples([str(path)], "k", "auto", {}, None)]
+    assert read == [e.messages for e in formats.read_examples([str(path)], "k", "alpaca", {}, None)]
+    assert [m[-1].content for m in read] == [r["output"] for r in RECORDS[:40]]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[\n{"instruction": "q", "output": "a"},\n{"instruction": "q",\n}\n]', r"d\.json:4: invalid JSON"),
+        ('[{"instruction": "q", "output": "a"} {"b": 1}]', r"d\.json:1: invalid JSON \(expected ',' or ']'"),
+        (
+            '[{"instruction": "q", "output": "a"}',
+            r"d\.json:1: invalid JSON \(the list of records is not closed",
+        ),
+        ('{"instruction": "q", "output": "a"}', r"d\.json: a \.json data file must hold a list of records"),
+        ('[{"instruction": "q", "output": "a"}] []', r"d\.json: invalid JSON \(text after the \]"),
+    ],
+)
+def test_a_broken_json_list_names_the_file_and_line(tmp_path, monkeypatch, text, message):
+    import glmtune.data.formats as formats
+
+    monkeypatch.setattr(formats, "CHUNK", 7)
+    (tmp_path / "d.json").write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError, match=message):
+        list(iter_examples([str(tmp_path / "d.json")], "k", "auto", {}, None))

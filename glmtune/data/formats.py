@@ -5,7 +5,8 @@ demos store it; bare function objects are wrapped as OpenAI `{"type": "function"
 OpenAI messages (`tool_calls`, `reasoning_content`, `tool` results, a message's own `tools`), and sharegpt's
 `function_call` (a JSON `{"name", "arguments"}` or a list of them) and `observation` turns.
 
-Files are `.json` (a list of records) or `.jsonl` (one record per line); a folder stands for the data files in it.
+Files are `.json` (a list of records) or `.jsonl` (one record per line), both read one record at a time; a folder
+stands for the data files in it.
 The format is detected per file from its first record unless the recipe names one. Placeholders are filled
 from `[data] variables` (glmtune.data.placeholders). Every problem names the file and line (or record) it comes from.
 """
@@ -179,25 +180,67 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         # A byte-order mark, as some editors write, is fine. Lines end at \n, \r\n or \r only: U+2028 and U+0085
         # are valid inside JSON strings, where str.splitlines() would cut them.
         with file.open(encoding="utf-8-sig", newline=None) as handle:
-            if file.suffix == ".jsonl":
-                yield from _jsonl_records(file, handle)
-                return
-            text = handle.read()
+            reader = _jsonl_records if file.suffix == ".jsonl" else _json_array_records
+            yield from reader(file, handle)
     except UnicodeDecodeError as exc:
         raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise UsageError(f"{file}: cannot read it ({exc.strerror})") from None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise UsageError(f"{file}: JSON nested too deeply to be a data record") from None
-    if not isinstance(records, list):
-        raise UsageError(f"{file}: a .json data file must hold a list of records")
-    for index, record in enumerate(records):
-        origin = f"{file} record {index}"
-        yield origin, _as_record(record, origin)
+
+
+CHUNK = 1 << 20  # characters read at a time from a .json file
+
+
+def _json_array_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The records of a .json list one at a time, read in chunks: a large file is never held in memory whole
+    (json.load would hold the text and every record at once). Errors name the line, as json.loads would."""
+    decoder, buffer, line, index, at_end = json.JSONDecoder(), "", 1, 0, False
+    expect = "["  # then "first" (a record or "]"), then "," or "]", then "record"
+    while True:
+        stripped = buffer.lstrip()
+        line += buffer.count("\n", 0, len(buffer) - len(stripped))
+        buffer = stripped
+        if not buffer:
+            if at_end:
+                if expect == "[":
+                    raise UsageError(f"{file}: a .json data file must hold a list of records")
+                raise UsageError(f"{file}:{line}: invalid JSON (the list of records is not closed with ])")
+            chunk = handle.read(CHUNK)
+            at_end, buffer = not chunk, chunk
+            continue
+        char = buffer[0]
+        if expect == "[":
+            if char != "[":
+                raise UsageError(f"{file}: a .json data file must hold a list of records")
+            buffer, expect = buffer[1:], "first"
+        elif expect in ("first", ",") and char == "]":
+            if buffer[1:].strip() or handle.read().strip():
+                raise UsageError(f"{file}: invalid JSON (text after the ] that closes the list of records)")
+            return
+        elif expect == ",":
+            if char != ",":
+                raise UsageError(
+                    f"{file}:{line}: invalid JSON (expected ',' or ']' after record {index - 1})"
+                )
+            buffer, expect = buffer[1:], "record"
+        else:
+            try:
+                record, end = decoder.raw_decode(buffer)
+            except json.JSONDecodeError as exc:
+                if not at_end:  # the record may go on in the next chunk
+                    chunk = handle.read(max(CHUNK, len(buffer)))
+                    at_end, buffer = not chunk, buffer + chunk
+                    continue
+                column = f" at column {exc.colno}" if exc.lineno > 1 else ""  # the buffer starts mid-line
+                raise UsageError(
+                    f"{file}:{line + exc.lineno - 1}: invalid JSON ({exc.msg}{column})"
+                ) from None
+            except RecursionError:
+                raise UsageError(f"{file}: JSON nested too deeply to be a data record") from None
+            origin = f"{file} record {index}"
+            yield origin, _as_record(record, origin)
+            line += buffer.count("\n", 0, end)
+            buffer, index, expect = buffer[end:], index + 1, ","
 
 
 def _jsonl_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
