@@ -102,6 +102,18 @@ def test_registry_entries_glmtune_cannot_read_are_refused_by_name(data_dir, entr
         read_lists(recipe.data)
 
 
+def test_files_of_the_same_name_in_two_folders_are_told_apart_by_folder(data_dir):
+    for folder in ("zh", "en"):
+        (data_dir / folder).mkdir()
+        (data_dir / folder / "adgen.jsonl").write_text((data_dir / "adgen.jsonl").read_text("utf-8"), "utf-8")
+    columns = 'columns = { prompt = "content", response = "summary" }'
+    recipe = recipe_in(data_dir, f'train = ["zh/adgen.jsonl", "en/adgen.jsonl", "adgen.jsonl"]\n{columns}')
+    names = [s["name"] for s in read_lists(recipe.data).sources]
+    assert names == ["zh/adgen", "en/adgen", f"{data_dir.name}/adgen"]
+    with pytest.raises(UsageError, match=r"adgen.jsonl is listed twice; .*\[data.mix\] \(adgen = \{ weight"):
+        read_lists(recipe_in(data_dir, f'train = ["adgen.jsonl", "adgen.jsonl"]\n{columns}').data)
+
+
 def test_an_entry_name_without_a_registry_says_to_set_one(data_dir):
     with pytest.raises(UsageError, match="set data.registry"):
         read_lists(recipe_in(data_dir, 'train = ["adgen"]').data)

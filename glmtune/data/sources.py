@@ -118,7 +118,7 @@ def examples_of(entries: list[str], key: str, data: DataSection) -> list[Example
 
 def sources_of(entries: list[str], key: str, data: DataSection) -> list[Source]:
     registry: dict[str, Any] | None = None
-    sources = []
+    sources, files = [], []
     for entry in entries:
         if is_source_name(entry) and not Path(entry).is_absolute():
             if data.registry is None:
@@ -131,11 +131,40 @@ def sources_of(entries: list[str], key: str, data: DataSection) -> list[Source]:
         else:
             mapped = bool(data.columns or data.tags)
             formatting = _mapped_format(data.format, data.columns, data.tags) if mapped else data.format
+            files.append(len(sources))
             sources.append(Source(Path(entry).stem, [entry], formatting, data.columns, data.tags, mapped))
-    names = [source.name for source in sources]
+    return _distinct_names(sources, files, key)
+
+
+def _distinct_names(sources: list[Source], files: list[int], key: str) -> list[Source]:
+    """Files (`sources[i]` for i in `files`) are named by their stem, and files of the same stem in other folders
+    by as much of their path as tells them apart ("zh/train", "en/train"). The same file twice is refused."""
+    paths = [sources[i].paths[0] for i in files]
+    if repeated := next((path for path in paths if paths.count(path) > 1), None):
+        raise UsageError(
+            f"{key}: {repeated} is listed twice; to read it more often, give it a weight under [data.mix] "
+            f"({Path(repeated).stem} = {{ weight = 2.0 }})"
+        )
+    named = list(sources)
+    for depth in range(1, 1 + max((len(Path(path).parts) for path in paths), default=0)):
+        names = [source.name for source in named]
+        clashing = {i for i in files if names.count(named[i].name) > 1}
+        if not clashing:
+            break
+        named = [
+            replace(s, name=_tail(s.paths[0], depth)) if i in clashing else s for i, s in enumerate(named)
+        ]
+    names = [source.name for source in named]
     if duplicate := next((name for name in names if names.count(name) > 1), None):
-        raise UsageError(f"{key}: two sources are named {duplicate!r}; give the files distinct names")
-    return sources
+        raise UsageError(
+            f"{key}: two sources are named {duplicate!r}; rename the data file or the registry entry"
+        )
+    return named
+
+
+def _tail(path: str, depth: int) -> str:
+    """The stem of `path` with its `depth` nearest folders: ("data/zh/train.jsonl", 1) -> "zh/train"."""
+    return "/".join(Path(path).with_suffix("").parts[-depth - 1 :])
 
 
 def _mapped_format(fmt: str, columns: Mapping[str, str], tags: Mapping[str, str]) -> str:
