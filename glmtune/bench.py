@@ -64,8 +64,8 @@ def _setup() -> dict[str, Any]:
     from glmtune.data.prepare import prepare_data
     from glmtune.recipe import recipe_from_dict
 
-    data = {"train": [str(DATA)], "mix": {DATA.stem: {"weight": COPIES}}, "max_length": MAX_LENGTH}
-    recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"}, "data": data}, where="bench")
+    mixed = {"train": [str(DATA)], "mix": {DATA.stem: {"weight": COPIES}}, "max_length": MAX_LENGTH}
+    recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"}, "data": mixed}, where="bench")
     opened = open_base(recipe.model)
     base, family, tokenizer, data = opened.path, opened.family, opened.tokenizer, recipe.data
     with tempfile.TemporaryDirectory() as scratch:
