@@ -161,9 +161,9 @@ def load_unigram(path: Path, spec: TokenizerSpec, id_offset: int, **kwargs: Any)
 _NAMED = ("eos_token", "pad_token", "unk_token", "bos_token", "mask_token")
 
 
-def train_tiny_unigram(lines: list[str], spec: TokenizerSpec, vocab_size: int = 400) -> bytes:
+def train_tiny_unigram(lines: list[str], spec: TokenizerSpec, vocab_size: int = 1000) -> bytes:
     """A small SentencePiece unigram model shaped like the spec's original (NFKC charsmap, dummy prefix, byte
-    fallback off): the spec's special tokens as control pieces, the replacement pieces as user-defined ones."""
+    fallback): the spec's special tokens as control pieces, the replacement pieces as user-defined ones."""
     import io
 
     import sentencepiece
@@ -178,6 +178,7 @@ def train_tiny_unigram(lines: list[str], spec: TokenizerSpec, vocab_size: int = 
         vocab_size=vocab_size,
         hard_vocab_limit=False,
         character_coverage=1.0,
+        byte_fallback=True,
         unk_id=0,
         bos_id=-1,
         eos_id=-1,
