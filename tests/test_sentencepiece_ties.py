@@ -94,7 +94,9 @@ def test_tiny_special_tokens_sit_at_their_pieces_and_split_text(tiny):
         assert tokenizer.convert_tokens_to_ids(name) == processor.piece_to_id(name) + 7, name
     gmask, sop = tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>"])
     ids = tokenizer.encode("hello[gMASK]<sop>\nworld", add_special_tokens=False)
-    assert ids == reference_encode(folder, spec, "hello") + [gmask, sop] + reference_encode(folder, spec, "\nworld")
+    assert ids == reference_encode(folder, spec, "hello") + [gmask, sop] + reference_encode(
+        folder, spec, "\nworld"
+    )
 
 
 def test_tiny_decode_undoes_the_replacements(tiny):
@@ -119,7 +121,8 @@ def test_tiny_saved_folder_reloads_with_the_same_ids(tiny, tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
     texts = STRINGS[:200] + MIXED
     for split in (False, True):
-        assert reloaded(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"] == tokenizer(
-            texts, add_special_tokens=False, split_special_tokens=split
-        )["input_ids"]
+        assert (
+            reloaded(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+            == tokenizer(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+        )
     assert len(reloaded) == len(tokenizer) and reloaded.eos_token_id == tokenizer.eos_token_id

@@ -23,7 +23,6 @@ from glmtune.families.base import TokenizerSpec
 from glmtune.families.sentencepiece_proto import BPE, NORMAL, UNUSED, piece_entries, read_sp_model
 
 
-
 @lru_cache(maxsize=8)
 def _processor(path: str) -> Any:
     import sentencepiece

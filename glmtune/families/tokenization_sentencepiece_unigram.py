@@ -115,8 +115,9 @@ class SentencePieceUnigramTokenizer(PreTrainedTokenizer):
             if index is not None and index not in skipped:
                 parts.append(self._added_tokens_decoder[index].content)
         text = "".join(parts)
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        return self.clean_up_tokenization(text) if clean else text
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def _decode_text(self, ids: list[int], after_text: bool) -> str:
         """SentencePiece drops the leading space of the first piece it decodes (its dummy prefix): after other text
