@@ -279,7 +279,9 @@ json.dump({{"answer": answer, "chat": response, "history": history, "ids": input
     fresh = json.loads(result.stdout)
     assert fresh["class"].startswith("transformers_modules.")  # the folder's code, not glmtune's
     assert fresh["tokenizer"].startswith("transformers_modules.")
-    prompt = render_conversation([Message("user", "你是谁？")], CHATGLM, tokenizer, add_generation_prompt=True)
+    prompt = render_conversation(
+        [Message("user", "你是谁？")], CHATGLM, tokenizer, add_generation_prompt=True
+    )
     assert fresh["ids"] == prompt.ids and fresh["ids"][-2:] == [GMASK, SOP]
     assert fresh["answer"] and fresh["chat"] == fresh["answer"]
     assert fresh["history"][-1] == {"role": "assistant", "content": fresh["answer"]}
