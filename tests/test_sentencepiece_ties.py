@@ -126,3 +126,15 @@ def test_tiny_saved_folder_reloads_with_the_same_ids(tiny, tmp_path):
             == tokenizer(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"]
         )
     assert len(reloaded) == len(tokenizer) and reloaded.eos_token_id == tokenizer.eos_token_id
+
+
+def test_tiny_tokenizer_pickles_with_its_model(tiny):
+    """prepare's workers and datasets' fingerprints pickle the tokenizer: the SentencePiece model goes along."""
+    import pickle
+
+    _, _, tokenizer, _ = tiny
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert (
+        copy(MIXED, add_special_tokens=False)["input_ids"]
+        == tokenizer(MIXED, add_special_tokens=False)["input_ids"]
+    )
