@@ -39,6 +39,7 @@ from glmtune.data.render import render_conversation, render_sample
 from glmtune.errors import UsageError
 from glmtune.families import CHATGLM, Message, detect_family, get_family
 from glmtune.families import modeling_chatglm6b as chatglm6b
+from glmtune.families import tokenization_sentencepiece_unigram as unigram_tokenizer
 from glmtune.families.original_tokenizer import reference_encode as encode_with_spec
 from glmtune.inference.chat import chat
 from glmtune.training.train import train
@@ -246,9 +247,11 @@ def test_lora_run_trains_the_port_without_remote_code(lora_run):
         assert any(f".{target}.lora_A" in name for name in adapter), target
 
 
-def test_native_export_reloads_in_a_fresh_process_with_its_own_code(lora_run, exports):
+def test_native_export_reloads_in_a_fresh_process_with_its_own_code(lora_run, exports, tokenizer):
     native = exports["native"]
     assert (native / "modeling_chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
+    shipped = Path(unigram_tokenizer.__file__).name
+    assert (native / shipped).read_text() == Path(unigram_tokenizer.__file__).read_text()
     config = json.loads((native / "config.json").read_text())
     assert config["model_type"] == "chatglm6b" and config["glmtune_family"] == "chatglm"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chatglm6b.ChatGLM6BForCausalLM"
@@ -267,7 +270,7 @@ answer = tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_spec
 logits = model(input_ids=inputs["input_ids"]).logits[0].tolist()
 response, history = AutoModel.from_pretrained(out, trust_remote_code=True).chat(tokenizer, "你是谁？", history=[], max_new_tokens=6)
 json.dump({{"answer": answer, "chat": response, "history": history, "ids": inputs["input_ids"][0].tolist(),
-           "logits": logits, "class": type(model).__module__}}, sys.stdout)
+           "logits": logits, "class": type(model).__module__, "tokenizer": type(tokenizer).__module__}}, sys.stdout)
 """
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL
@@ -275,7 +278,12 @@ json.dump({{"answer": answer, "chat": response, "history": history, "ids": input
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout)
     assert fresh["class"].startswith("transformers_modules.")  # the folder's code, not glmtune's
-    assert fresh["ids"][-2:] == [GMASK, SOP] and fresh["answer"] and fresh["chat"] == fresh["answer"]
+    assert fresh["tokenizer"].startswith("transformers_modules.")
+    prompt = render_conversation(
+        [Message("user", "你是谁？")], CHATGLM, tokenizer, add_generation_prompt=True
+    )
+    assert fresh["ids"] == prompt.ids and fresh["ids"][-2:] == [GMASK, SOP]
+    assert fresh["answer"] and fresh["chat"] == fresh["answer"]
     assert fresh["history"][-1] == {"role": "assistant", "content": fresh["answer"]}
     adapter = load_for_inference(lora_run)
     with torch.no_grad():
@@ -326,6 +334,7 @@ def test_convert_writes_a_folder_plain_transformers_loads_in_a_fresh_process(tin
     said = "".join((result.stderr + result.stdout).split())  # the terminal may wrap the line
     assert "trust_remote_code=True" in said and "noremotecode" not in said
     assert (out / "modeling_chatglm6b.py").read_text() == Path(chatglm6b.__file__).read_text()
+    assert (out / Path(unigram_tokenizer.__file__).name).is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "chatglm6b" and config["glmtune_family"] == "chatglm"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_chatglm6b.ChatGLM6BForCausalLM"
@@ -339,7 +348,7 @@ model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
 ids = tokenizer.apply_chat_template([{{"role": "user", "content": "你好"}}], add_generation_prompt=True,
                                     return_dict=True)["input_ids"]
 json.dump({{"ids": list(ids), "logits": model(input_ids=__import__("torch").tensor([ids])).logits[0].tolist(),
-           "class": type(model).__module__}}, sys.stdout)
+           "class": type(model).__module__, "eeeee": tokenizer.encode("eeeee")}}, sys.stdout)
 """
     fresh = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL
@@ -347,6 +356,7 @@ json.dump({{"ids": list(ids), "logits": model(input_ids=__import__("torch").tens
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     loaded = json.loads(fresh.stdout)
     assert loaded["class"].startswith("transformers_modules.") and loaded["ids"][-2:] == [GMASK, SOP]
+    assert loaded["eeeee"] == reference_encode(tiny_v1, "chatglm", "eeeee")  # SentencePiece's order of pieces
     original = load_model(tiny_v1, dtype="float32").eval()
     with torch.no_grad():
         expected = original(input_ids=torch.tensor([loaded["ids"]])).logits[0]

@@ -2,7 +2,9 @@
 
 transformers' own classes need nothing. A class transformers does not ship (glmtune's ChatGLM-6B v1 port) travels
 as remote code: its module file is copied into the folder and config.json's auto_map points AutoConfig and
-AutoModelForCausalLM at it, which then load it with trust_remote_code=True.
+AutoModelForCausalLM at it, which then load it with trust_remote_code=True. A tokenizer class transformers does
+not ship (the SentencePiece unigram kind's) copies its own module file on `save_pretrained` and writes the
+tokenizer_config.json auto_map for AutoTokenizer (it is registered for that auto class).
 """
 
 from __future__ import annotations

@@ -96,9 +96,17 @@ def _port_config(original: Mapping[str, Any]) -> Any:
 
 
 def _register_port() -> None:
+    """The port's config and model, and its tokenizer class for folders saved with it (run directories, exports):
+    glmtune loads them with its own copy of the class, so without trust_remote_code."""
+    from transformers import AutoTokenizer
+
     from glmtune.families import modeling_chatglm6b
+    from glmtune.families.tokenization_sentencepiece_unigram import SentencePieceUnigramTokenizer
 
     modeling_chatglm6b.register()
+    AutoTokenizer.register(
+        modeling_chatglm6b.ChatGLM6BConfig, tokenizer_class=SentencePieceUnigramTokenizer, exist_ok=True
+    )
 
 
 def _port_class() -> Any:

@@ -1,9 +1,10 @@
 """Original-layout tokenizer files loaded without remote code, from a family's `TokenizerSpec`.
 
 The GLM checkpoints ship `tokenization_chatglm.py` (remote code) that breaks on transformers 5. This module reads the
-original tokenizer FILES with the kind the spec names (`glmtune.families.sentencepiece`, `.tiktoken_bpe`) and wraps
-the `tokenizers` pipeline in `transformers.PreTrainedTokenizerFast`, whose ids equal the original tokenizer's ids for
-text, with every special token at its original id. No prefix tokens (``[gMASK]``, ``sop``) are added by ``encode``:
+original tokenizer FILES with the kind the spec names (`glmtune.families.sentencepiece`, `.tiktoken_bpe`): a
+`tokenizers` pipeline in `transformers.PreTrainedTokenizerFast` for the BPE kinds, the `sentencepiece` library
+itself for the unigram kind; either way ids equal the original tokenizer's ids for text, with every special token
+at its original id. No prefix tokens (``[gMASK]``, ``sop``) are added by ``encode``:
 callers add them. `reference_encode` runs the original algorithm with the raw libraries (sentencepiece / tiktoken)
 and is the ground truth the tests compare against.
 """
@@ -62,15 +63,13 @@ def _model_max_length(folder: Path) -> int | None:
 
 
 def _with_specials(folder: Path, spec: TokenizerSpec) -> Any:
-    """The kind's pipeline with the special tokens registered at their original ids (each one checked)."""
+    """The kind's `tokenizers` pipeline with the special tokens registered at their original ids (each one
+    checked)."""
     from tokenizers import AddedToken
 
     path = vocab_path(folder, spec)
     tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
-    if spec.kind == "sentencepiece_unigram":
-        tok = sentencepiece.build_unigram(path, spec, id_offset(folder, spec))
-        names, first_id = list(spec.special_tokens), None  # control pieces: already in the vocabulary
-    elif spec.kind == "sentencepiece_bpe":
+    if spec.kind == "sentencepiece_bpe":
         tok, first_id = sentencepiece.build_bpe(path, spec, tokenizer_config)
         names = list(spec.special_tokens)
     else:
@@ -78,31 +77,30 @@ def _with_specials(folder: Path, spec: TokenizerSpec) -> Any:
         names = tiktoken_bpe.special_tokens(
             spec, tokenizer_config, first_id, folder / "tokenizer_config.json"
         )
-    size = tok.get_vocab_size(with_added_tokens=True)
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False, single_word=t in spec.single_word) for t in names]
     )
     for offset, token in enumerate(names):
-        got = tok.token_to_id(token)
-        if (first_id is None and got >= size) or (first_id is not None and got != first_id + offset):
-            where = "a piece of the model" if first_id is None else f"id {first_id + offset}"
-            raise UsageError(f"{path}: special token {token!r} got id {got}, expected {where}")
+        if tok.token_to_id(token) != first_id + offset:
+            raise UsageError(
+                f"{path}: special token {token!r} got id {tok.token_to_id(token)}, expected {first_id + offset}"
+            )
     return tok, names
 
 
 def load_original_tokenizer(folder: Path, spec: TokenizerSpec) -> PreTrainedTokenizerBase:
-    """A `PreTrainedTokenizerFast` equivalent to the original tokenizer files in `folder` (no remote code).
+    """A transformers tokenizer equivalent to the original tokenizer files in `folder` (no remote code).
 
     Special tokens are registered at their original ids; eos/pad/unk/bos/mask as the spec says; ``encode`` adds no
     prefix tokens. Special-token strings in text map to their ids by default (what a chat template needs); encode
     with ``split_special_tokens=True`` to treat them as plain text, as the original ``encode`` does with user
-    content. The result saves with ``save_pretrained`` and reloads with plain ``AutoTokenizer.from_pretrained``.
+    content. BPE kinds give a `PreTrainedTokenizerFast` that reloads with plain ``AutoTokenizer.from_pretrained``;
+    the unigram kind gives `SentencePieceUnigramTokenizer`, whose saved folder carries its module file (auto_map).
     Raises `UsageError` naming a missing or unreadable file.
     """
     from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
-    tok, names = _with_specials(folder, spec)
     named = {
         "eos_token": spec.eos_token,
         "pad_token": spec.pad_token,
@@ -116,10 +114,14 @@ def load_original_tokenizer(folder: Path, spec: TokenizerSpec) -> PreTrainedToke
     max_length = _model_max_length(folder)
     if max_length is not None:
         kwargs["model_max_length"] = max_length
+    kwargs |= {"clean_up_tokenization_spaces": False, "padding_side": "left"}
+    if spec.kind == "sentencepiece_unigram":
+        path = vocab_path(folder, spec)
+        extra = [t for t in spec.special_tokens if t not in named.values()]
+        return sentencepiece.load_unigram(
+            path, spec, id_offset(folder, spec), extra_special_tokens=extra, **kwargs
+        )
+    tok, names = _with_specials(folder, spec)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        extra_special_tokens=[t for t in names if t not in named.values()],
-        clean_up_tokenization_spaces=False,
-        padding_side="left",
-        **kwargs,
+        tokenizer_object=tok, extra_special_tokens=[t for t in names if t not in named.values()], **kwargs
     )

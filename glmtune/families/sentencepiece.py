@@ -1,45 +1,26 @@
-"""SentencePiece tokenizer files as `tokenizers` pipelines, for any family whose record names these kinds.
+"""SentencePiece tokenizer files as transformers tokenizers, for any family whose record names these kinds.
 
-- ``sentencepiece_unigram`` (ChatGLM-6B-style ``.model``): SentencePiece unigram with its precompiled charsmap. The
-  spec's `replacements` (text -> user-defined piece) run first as `Replace` normalizers ahead of the charsmap, and a
-  `Split` pre-tokenizer isolates the user-defined pieces as SentencePiece matches them. Ids are offset by the
-  tokenizer_config.json key the spec names (placeholder pieces fill the offset). `tokenizers`' Precompiled charsmap
-  normalizer differs from SentencePiece's on composed/decomposed marks, so NFKC runs first (`_charsmap_steps`); ids
-  still differ only for combining-mark sequences that NFKC reorders or composes and SentencePiece keeps as they are
-  (marks out of canonical order, a mark on a compatibility character, U+0338 right after a replaced run) and for
-  text containing the last private-use characters of plane 16 (placeholders).
+- ``sentencepiece_unigram`` (ChatGLM-6B-style ``.model``): SentencePiece unigram with its precompiled charsmap and the
+  spec's `replacements` (text -> user-defined piece) applied first, ids offset by the tokenizer_config.json key the
+  spec names. Encoded by the `sentencepiece` library itself (`SentencePieceUnigramTokenizer`, a slow tokenizer):
+  `tokenizers`' Unigram breaks exact ties of path scores in another way than SentencePiece's float32 sums, so its
+  ids differ on repeated substrings, and its charsmap normalizer differs on combining marks.
 - ``sentencepiece_bpe`` (ChatGLM2/3-style ``.model``): SentencePiece BPE (identity normalizer, dummy prefix, byte
   fallback) rebuilt as a `tokenizers` BPE with merges ordered by piece score; special tokens follow the pieces.
 
-`reference_encode` runs the original algorithm with the `sentencepiece` library (the ground truth of the tests),
-and `train_tiny_bpe` trains a small model of the BPE kind for glmtune's builtin tiny checkpoints.
+`reference_encode` runs the original algorithm with the `sentencepiece` library (the ground truth of the tests);
+`train_tiny_bpe` and `train_tiny_unigram` train small models of both kinds in-process.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from glmtune.errors import UsageError
 from glmtune.families.base import TokenizerSpec
-from glmtune.families.sentencepiece_proto import (
-    BPE,
-    NORMAL,
-    UNIGRAM,
-    UNUSED,
-    USER_DEFINED,
-    SpModel,
-    piece_entries,
-    read_sp_model,
-)
-
-# Pieces SentencePiece never produces from text (control, unknown, unused, byte) get this unigram score so the
-# `tokenizers` lattice never prefers them either (SentencePiece gives them score 0, the best score).
-_NEVER_SCORE = -1e9
-# Private-use characters (plane 16) that stand in for characters NFKC must not touch (see `_charsmap_steps`).
-_PLACEHOLDER_BASE = 0x10FFFD
+from glmtune.families.sentencepiece_proto import BPE, NORMAL, UNUSED, piece_entries, read_sp_model
 
 
 @lru_cache(maxsize=8)
@@ -147,121 +128,63 @@ def trained_pieces(model: bytes) -> int:
 # sentencepiece_unigram
 
 
-def build_unigram(path: Path, spec: TokenizerSpec, id_offset: int) -> Any:
-    """A SentencePiece unigram model, after the spec's replacements, ids shifted by `id_offset` placeholders. Its
-    special tokens are control pieces of the model, so they already sit at their ids."""
-    from tokenizers import Tokenizer, normalizers
-    from tokenizers.models import Unigram
+def load_unigram(path: Path, spec: TokenizerSpec, id_offset: int, **kwargs: Any) -> Any:
+    """A SentencePiece unigram model as `SentencePieceUnigramTokenizer` (the `sentencepiece` library encodes): the
+    spec's replacements first, ids shifted by `id_offset`, its special tokens (control pieces of the model) at
+    their ids. `kwargs` go to the tokenizer (named special tokens, model_max_length ...)."""
+    from transformers import AddedToken
 
-    model = read_sp_model(path)
-    if model.model_type != UNIGRAM:
-        raise UsageError(f"{path}: expected a SentencePiece unigram model")
-    vocab = [(spec.id_offset_piece.format(i), _NEVER_SCORE) for i in range(id_offset)]
-    vocab += [(p, s if kind in (NORMAL, USER_DEFINED) else _NEVER_SCORE) for p, s, kind in model.pieces]
-    tok = Tokenizer(Unigram(vocab, unk_id=model.unk_id + id_offset, byte_fallback=model.byte_fallback))
-    steps: list[Any] = [normalizers.Replace(old, new) for old, new in spec.replacements]
-    tok.normalizer = normalizers.Sequence(steps + _whitespace_steps(model))
-    user_defined = [piece for piece, _, kind in model.pieces if kind == USER_DEFINED]
-    if user_defined:
-        tok.pre_tokenizer = _isolate(user_defined)
-    tok.decoder = _unigram_decoder(spec)
-    return tok
+    from glmtune.families.tokenization_sentencepiece_unigram import SentencePieceUnigramTokenizer
 
-
-def _whitespace_steps(model: SpModel) -> list[Any]:
-    from tokenizers import Regex, normalizers
-
-    steps: list[Any] = _charsmap_steps(model.precompiled_charsmap) if model.precompiled_charsmap else []
-    if model.remove_extra_whitespaces:
-        steps += [normalizers.Replace(Regex("^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
-    if model.add_dummy_prefix:
-        steps.append(normalizers.Prepend("▁"))
-    if model.escape_whitespaces:
-        steps.append(normalizers.Replace(" ", "▁"))
-    return steps
-
-
-def _isolate(user_defined: list[str]) -> Any:
-    """SentencePiece matches user-defined pieces whole wherever they occur (score 0, the best): isolate them so the
-    lattice sees each as its own segment. (Added tokens would not do: `tokenizers` normalizes an added token's
-    content too, and the dummy-prefix step would turn "<n>" into "▁<n>".)"""
-    from tokenizers import Regex, pre_tokenizers
-
-    alternatives = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
-    return pre_tokenizers.Split(Regex(alternatives), behavior="isolated", invert=False)
-
-
-def _unigram_decoder(spec: TokenizerSpec) -> Any:
-    from tokenizers import decoders
-
-    steps: list[Any] = [
-        decoders.Replace("▁", " "),
-        decoders.ByteFallback(),
-        decoders.Fuse(),
-        decoders.Strip(" ", 1, 0),
-    ]
-    steps += [decoders.Replace(new, old) for old, new in reversed(spec.replacements)]
-    return decoders.Sequence(steps)
-
-
-def _charsmap_steps(charsmap: bytes) -> list[Any]:
-    """Normalizers equal to SentencePiece's precompiled charsmap on text, as far as `tokenizers` allows.
-
-    `tokenizers`' `Precompiled` looks graphemes up whole and keeps the SHORTEST trie match, where SentencePiece keeps
-    the LONGEST match at each position. Alone it drops or mis-composes marks: half-width kana with (semi-)voiced marks
-    ("ﾊﾟ" -> "ハ" instead of "パ"), text in NFD (Vietnamese "ệ" as e + U+0323 + U+0302 loses its circumflex), a combining
-    mark after a space-like character. Running NFKC first hands it composed text, on which every multi-character key
-    of the nmt_nfkc map gives SentencePiece's result; space-like characters are mapped to " " before NFKC; the few
-    characters the charsmap deliberately leaves alone but NFKC would change (U+FF5E FULLWIDTH TILDE, ...) are hidden
-    from NFKC behind private-use placeholders.
-    """
-    from tokenizers import Regex, normalizers
-
-    precompiled = normalizers.Precompiled(charsmap)
-    nfkc = normalizers.NFKC()
-    space_like, exceptions = _space_like(precompiled), _nfkc_exceptions(precompiled, nfkc)
-    steps: list[Any] = []
-    if space_like:
-        steps.append(
-            normalizers.Replace(Regex("[" + "".join(f"\\x{{{ord(c):X}}}" for c in space_like) + "]"), " ")
-        )
-    placeholders = [chr(_PLACEHOLDER_BASE - i) for i in range(len(exceptions))]
-    steps += [normalizers.Replace(c, p) for c, p in zip(exceptions, placeholders, strict=True)]
-    steps.append(nfkc)
-    steps += [normalizers.Replace(p, c) for c, p in zip(exceptions, placeholders, strict=True)]
-    steps.append(precompiled)
-    return steps
-
-
-def _space_like(precompiled: Any) -> list[str]:
-    """Characters other than " " that the charsmap turns into a space."""
-    import unicodedata
-
-    return [
-        chr(c)
-        for c in range(0x10000)
-        if (unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf") or chr(c) in "\u2581\ufffd")
-        and not 0xD800 <= c < 0xE000
-        and chr(c) != " "
-        and precompiled.normalize_str(chr(c)) == " "
-    ]
-
-
-def _nfkc_exceptions(precompiled: Any, nfkc: Any) -> list[str]:
-    """Characters NFKC changes where the charsmap gives another result than after NFKC: alone, and after a letter
-    (U+0344 decomposes into marks that NFKC composes with the letter)."""
-    import unicodedata
-
-    changed_by_nfkc = (
-        chr(c)
-        for c in range(0x40000)
-        if not 0xD800 <= c < 0xE000 and unicodedata.normalize("NFKC", chr(c)) != chr(c)
+    try:
+        model = _processor(str(path))
+    except (RuntimeError, OSError) as exc:
+        raise UsageError(f"{path}: not a SentencePiece model file ({str(exc).strip()[:120]})") from None
+    named = [kwargs[key] for key in _NAMED if kwargs.get(key) is not None]
+    specials = list(dict.fromkeys([*spec.special_tokens, *named]))
+    if missing := [token for token in specials if model.id_to_piece(model.piece_to_id(token)) != token]:
+        raise UsageError(f"{path}: special token {missing[0]!r} is not a piece of the model")
+    decoder = {
+        model.piece_to_id(t) + id_offset: AddedToken(t, special=True, normalized=False) for t in specials
+    }
+    return SentencePieceUnigramTokenizer(
+        vocab_file=str(path),
+        replacements=spec.replacements,
+        id_offset=id_offset,
+        offset_piece=spec.id_offset_piece,
+        added_tokens_decoder=decoder,
+        **kwargs,
     )
-    return [
-        c
-        for c in changed_by_nfkc
-        if any(
-            precompiled.normalize_str(nfkc.normalize_str(s)) != precompiled.normalize_str(s)
-            for s in (c, "a" + c)
-        )
-    ]
+
+
+_NAMED = ("eos_token", "pad_token", "unk_token", "bos_token", "mask_token")
+
+
+def train_tiny_unigram(lines: list[str], spec: TokenizerSpec, vocab_size: int = 1000) -> bytes:
+    """A small SentencePiece unigram model shaped like the spec's original (NFKC charsmap, dummy prefix, byte
+    fallback): the spec's special tokens as control pieces, the replacement pieces as user-defined ones."""
+    import io
+
+    import sentencepiece
+
+    named = [spec.pad_token, spec.unk_token, spec.eos_token, spec.bos_token, spec.mask_token]
+    control = [t for t in dict.fromkeys([*spec.special_tokens, *named]) if t and t != spec.unk_token]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        unk_piece=spec.unk_token or "<unk>",
+        control_symbols=control,
+        user_defined_symbols=list(dict.fromkeys(new for _, new in spec.replacements)),
+        minloglevel=2,
+    )
+    return model.getvalue()
