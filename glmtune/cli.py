@@ -232,8 +232,12 @@ def evaluate(
     """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side; knowledge retention."""
     from glmtune.inference.evaluate import evaluate_source
 
-    evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [],
-                    retention=[str(path.resolve()) for path in retention or []])  # fmt: skip
+    evaluate_source(
+        source,
+        recipe=_recipe(recipe, set_) if recipe else None,
+        overrides=set_ or [],
+        retention=[str(path.resolve()) for path in retention or []],
+    )
 
 
 class Switch(str, Enum):
