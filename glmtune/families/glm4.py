@@ -92,9 +92,9 @@ GLM4_CHAT_TEMPLATE = (
 # The official ChatGLM3-6B template plus the metadata line (the official one drops it).
 
 
-# glm4_moe (tiny-glm4-moe): attention and every nn.Linear gate/up/down_proj (dense first layers, shared experts); the
-# fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the exact weights).
-_MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# glm4_moe (tiny-glm4-moe, GLM-4.5 and later): attention and every nn.Linear gate/up/down_proj (dense first layers,
+# shared experts); the fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the weights).
+MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 SPECIAL_TOKENS = (
@@ -173,7 +173,7 @@ FAMILY = Family(
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
     detection=DETECTION,
-    lora_targets={"glm": NATIVE_GLM_TARGETS, "glm4": NATIVE_GLM_TARGETS, "glm4_moe": _MOE_TARGETS},
+    lora_targets={"glm": NATIVE_GLM_TARGETS, "glm4": NATIVE_GLM_TARGETS, "glm4_moe": MOE_TARGETS},
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
     original=ORIGINAL,
     tiny=TINY,
