@@ -262,9 +262,8 @@ def _closing_chunks(
         if final.startswith(sent[key]) and len(final) > len(sent[key]):
             events.append(chunks.delta({key: final[len(sent[key]) :]}))
     if "tool_calls" in message:
-        events.append(
-            chunks.delta({"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]})
-        )
+        calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        events.append(chunks.delta({"tool_calls": calls}))
     events.append(chunks.delta({}, finish))
     if chat.stream_options and chat.stream_options.get("include_usage"):
         events.append(chunks.usage(len(prompt.ids), done.completion_tokens))
