@@ -30,8 +30,14 @@ MAX_LENGTH = 1024  # fixed pads to it; the tiny tokenizer gives ~2x GLM-4's toke
 COPIES = 12  # 68 records x 12: enough batches for length grouping's mega-batches and for full packed rows
 # hidden 256 x 4 layers (~4M parameters): the issue's hidden-512 model costs ~4x more per token, too slow for a
 # few-minute run on this shared 2-core machine
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-         "head_dim": 64, "intermediate_size": 768}  # fmt: skip
+SHAPE = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "intermediate_size": 768,
+}
 DATA = Path(__file__).resolve().parents[1] / "data" / "extraction" / "train.jsonl"
 
 
@@ -47,8 +53,12 @@ def main() -> None:
         for mode in MODES:
             runs[mode].append(_run(setup, mode))
     loads.append(os.getloadavg())
-    report = {"modes": {mode: _summary(results) for mode, results in runs.items()},
-              "data": setup["data"], "machine": _machine(loads), "versions": _versions()}  # fmt: skip
+    report = {
+        "modes": {mode: _summary(results) for mode, results in runs.items()},
+        "data": setup["data"],
+        "machine": _machine(loads),
+        "versions": _versions(),
+    }
     report["targets"] = _targets(report["modes"])
     _show(report)
     out = Path("runs") / "bench" / "bench.json"
@@ -72,10 +82,21 @@ def _setup() -> dict[str, Any]:
         prepared = prepare_data(data, family, tokenizer, Path(scratch) / "data")
         train = prepared.splits["train"].flatten_indices()  # in memory: the scratch folder goes away
     stats = prepared.stats["train"]
-    described = {"file": DATA.name, "copies": COPIES, "samples": stats["samples"], "tokens": stats["tokens"],
-                 "supervised_tokens": stats["supervised_tokens"], "length_p50": stats["length_p50"],
-                 "length_max": stats["length_max"], "max_length": MAX_LENGTH, "batch_size": BATCH,
-                 "steps": STEPS, "repeats": REPEATS, "model": SHAPE, "lora": "r 8 on q/k/v/o"}  # fmt: skip
+    described = {
+        "file": DATA.name,
+        "copies": COPIES,
+        "samples": stats["samples"],
+        "tokens": stats["tokens"],
+        "supervised_tokens": stats["supervised_tokens"],
+        "length_p50": stats["length_p50"],
+        "length_max": stats["length_max"],
+        "max_length": MAX_LENGTH,
+        "batch_size": BATCH,
+        "steps": STEPS,
+        "repeats": REPEATS,
+        "model": SHAPE,
+        "lora": "r 8 on q/k/v/o",
+    }
     return {"base": base, "family": family, "tokenizer": tokenizer, "train": train, "data": described}
 
 
@@ -94,18 +115,11 @@ def _run(setup: dict[str, Any], mode: str) -> dict[str, Any]:
 
     from transformers import PrinterCallback, Trainer
 
-    from glmtune.recipe import recipe_from_dict
     from glmtune.training.loss import HeadLoss
     from glmtune.training.method import apply_method
     from glmtune.training.train import batching, collator, training_arguments
 
-    recipe = recipe_from_dict({
-        "model": {"path": "builtin:tiny-glm4", "dtype": "float32"},
-        "data": {"max_length": MAX_LENGTH},
-        "lora": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0},
-        "train": {"max_steps": STEPS, "batch_size": BATCH, "logging_steps": STEPS, "gradient_checkpointing": True,
-                  "group_by_length": mode == "grouped", "packing": mode == "packed"},
-    }, where="bench")  # fmt: skip
+    recipe = _recipe(mode)
     model = apply_method(_model(setup["base"]), recipe, setup["family"], quiet=True)
     plan = batching(recipe, setup["family"], setup["tokenizer"], model)
     if mode == "fixed":
@@ -114,14 +128,35 @@ def _run(setup: dict[str, Any], mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         args = training_arguments(recipe, Path(scratch) / "checkpoints", has_eval=False)
         args.save_strategy = "no"
-        trainer = Trainer(model=model, args=args, train_dataset=plan.split(setup["train"]), data_collator=counter,
-                          compute_loss_func=None if plan.loss == "plain" else HeadLoss(model, plan.loss))  # fmt: skip
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=plan.split(setup["train"]),
+            data_collator=counter,
+            compute_loss_func=None if plan.loss == "plain" else HeadLoss(model, plan.loss),
+        )
         trainer.remove_callback(PrinterCallback)
         _reset_peak_rss()
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
     return counter.rates(seconds) | {"peak_rss_mb": _peak_rss_mb(), "loss": plan.loss}
+
+
+def _recipe(mode: str):
+    """The LoRA recipe every mode trains with; the mode only switches length grouping or packing."""
+    from glmtune.recipe import recipe_from_dict
+
+    train = {"max_steps": STEPS, "batch_size": BATCH, "logging_steps": STEPS, "gradient_checkpointing": True}
+    return recipe_from_dict(
+        {
+            "model": {"path": "builtin:tiny-glm4", "dtype": "float32"},
+            "data": {"max_length": MAX_LENGTH},
+            "lora": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0},
+            "train": train | {"group_by_length": mode == "grouped", "packing": mode == "packed"},
+        },
+        where="bench",
+    )
 
 
 class _TokenCounter:
@@ -138,9 +173,13 @@ class _TokenCounter:
         return batch
 
     def rates(self, seconds: float) -> dict[str, float]:
-        return {"train_s": seconds, "computed_tokens_per_s": self.computed / seconds,
-                "trained_tokens_per_s": self.trained / seconds, "supervised_tokens_per_s": self.supervised / seconds,
-                "pad_share": 1 - self.trained / max(self.computed, 1)}  # fmt: skip
+        return {
+            "train_s": seconds,
+            "computed_tokens_per_s": self.computed / seconds,
+            "trained_tokens_per_s": self.trained / seconds,
+            "supervised_tokens_per_s": self.supervised / seconds,
+            "pad_share": 1 - self.trained / max(self.computed, 1),
+        }
 
 
 def _reset_peak_rss() -> None:
@@ -159,8 +198,14 @@ def _peak_rss_mb() -> float:
 
 
 def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("trained_tokens_per_s", "computed_tokens_per_s", "supervised_tokens_per_s", "pad_share",
-            "peak_rss_mb", "train_s")  # fmt: skip
+    keys = (
+        "trained_tokens_per_s",
+        "computed_tokens_per_s",
+        "supervised_tokens_per_s",
+        "pad_share",
+        "peak_rss_mb",
+        "train_s",
+    )
     summary: dict[str, Any] = {key: statistics.median(r[key] for r in results) for key in keys}
     summary |= {f"{key}_min_median_max": _spread([r[key] for r in results]) for key in keys}
     return summary | {"loss": results[0]["loss"], "runs": results}
@@ -183,8 +228,12 @@ def _targets(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def _machine(loads: list[tuple[float, float, float]]) -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-            "load_1m_before_after": [loads[0][0], loads[-1][0]]}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "load_1m_before_after": [loads[0][0], loads[-1][0]],
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -197,12 +246,20 @@ def _versions() -> dict[str, str]:
 
 
 def _show(report: dict[str, Any]) -> None:
-    rows = [[mode, f"{r['train_s']:.1f}", f"{r['computed_tokens_per_s']:,.0f}", f"{r['trained_tokens_per_s']:,.0f}",
-             f"{r['supervised_tokens_per_s']:,.0f}", f"{r['pad_share']:.1%}", f"{r['peak_rss_mb']:,.0f}"]
-            for mode, r in report["modes"].items()]  # fmt: skip
-    term.table(f"{STEPS} LoRA steps x {REPEATS} (medians), GLM-4 hidden 256 x 4 layers, batch {BATCH}",
-               ["mode", "train s", "computed tok/s", "trained tok/s", "supervised tok/s", "padding", "peak RSS MB"],
-               rows)  # fmt: skip
+    columns = {  # header: (report key, format)
+        "train s": ("train_s", "{:.1f}"),
+        "computed tok/s": ("computed_tokens_per_s", "{:,.0f}"),
+        "trained tok/s": ("trained_tokens_per_s", "{:,.0f}"),
+        "supervised tok/s": ("supervised_tokens_per_s", "{:,.0f}"),
+        "padding": ("pad_share", "{:.1%}"),
+        "peak RSS MB": ("peak_rss_mb", "{:,.0f}"),
+    }
+    rows = [
+        [mode, *(shown.format(r[key]) for key, shown in columns.values())]
+        for mode, r in report["modes"].items()
+    ]
+    title = f"{STEPS} LoRA steps x {REPEATS} (medians), GLM-4 hidden 256 x 4 layers, batch {BATCH}"
+    term.table(title, ["mode", *columns], rows)
     term.table("targets", ["ratio", "value"], [[k, f"{v:.3f}"] for k, v in report["targets"].items()])
 
 

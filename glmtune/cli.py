@@ -232,8 +232,12 @@ def evaluate(
     """Loss/perplexity and BLEU-4, ROUGE, exact match; base vs tuned side by side; knowledge retention."""
     from glmtune.inference.evaluate import evaluate_source
 
-    evaluate_source(source, recipe=_recipe(recipe, set_) if recipe else None, overrides=set_ or [],
-                    retention=[str(path.resolve()) for path in retention or []])  # fmt: skip
+    evaluate_source(
+        source,
+        recipe=_recipe(recipe, set_) if recipe else None,
+        overrides=set_ or [],
+        retention=[str(path.resolve()) for path in retention or []],
+    )
 
 
 class Switch(str, Enum):
@@ -270,23 +274,16 @@ def render(
 ) -> None:
     """Print each record as the family's template renders it: one JSON object per line, {"text", "trained"}."""
     from glmtune.checkpoints.load import load_tokenizer, resolve_model_path
-    from glmtune.data.show import render_lines
-    from glmtune.families import detect_family, get_family
+    from glmtune.data.show import render_family, render_lines, render_target
 
-    if data is None and family is not None:  # `render --family NAME DATA`: the one argument is the data
-        source, data = None, Path(source) if source else None
-    if data is None or (source is None and family is None):
-        raise UsageError("glmtune render: give MODEL_DIR DATA, or --family NAME DATA")
-    if ids and source is None:
-        raise UsageError("glmtune render --ids: give MODEL_DIR, whose tokenizer makes the ids")
+    source, data = render_target(source, data, family, ids)
     folder = resolve_model_path(source, "MODEL_DIR", weights=False) if source else None
-    record = get_family(str(family)) if family or folder is None else detect_family(folder)
+    record = render_family(folder, family)
     tokenizer = load_tokenizer(folder, False, record) if ids and folder else None
     thinking: Literal["template", "off"] = "off" if enable_thinking == Switch.false else "template"
-    lines = render_lines(
+    for line in render_lines(
         data, record, generation_prompt=generation_prompt, thinking=thinking, tokenizer=tokenizer
-    )
-    for line in lines:
+    ):
         term.out(line)
 
 

@@ -116,61 +116,71 @@ def progress_callback():
     in a file or pipe (where a bar shows nothing until the run ends) one plain line every `logging_steps`."""
     from transformers import TrainerCallback
 
-    class TrainProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.bar: Progress | None = None
-            self.task: Any = None
-            self.active = False
-            self.started = 0.0
-            self.fields = {"loss": "-", "lr": "-", "tps": "-", "epoch": "0.00"}
+    class TrainProgressCallback(TrainProgress, TrainerCallback):
+        """TrainProgress's hooks first; the base class answers the events it leaves alone."""
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            self.active, self.started = True, time.perf_counter()
-            if term.err.is_terminal:
-                self.bar = progress_bar()
-                self.bar.start()
-                self.task = self.bar.add_task("train", total=state.max_steps, **self.fields)
+    return TrainProgressCallback()
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step, **self.measure(state))
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not self.active or not logs:
-                return
-            if "loss" in logs:
-                self.fields["loss"] = f"{logs['loss']:.4f}"
-            if "learning_rate" in logs:
-                self.fields["lr"] = f"{logs['learning_rate']:.2e}"
-            if "eval_loss" in logs:
-                (self.bar.console if self.bar else term.err).print(
-                    f"  step {state.global_step}: eval loss {logs['eval_loss']:.4f}"
-                )
-            if self.bar is not None:
-                self.bar.update(self.task, **self.fields)
-            elif "loss" in logs:
-                term.info(plain_progress_line(state, self.measure(state), time.perf_counter() - self.started))
+class TrainProgress:
+    """The hooks behind `progress_callback`, kept apart from transformers so that importing this module stays light."""
 
-        def measure(self, state) -> dict[str, str]:
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
-            self.fields["tps"] = f"{state.num_input_tokens_seen / elapsed:,.0f}"
-            self.fields["epoch"] = f"{state.epoch or 0:.2f}"
-            return self.fields
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.active = False
+        self.started = 0.0
+        self.fields = {"loss": "-", "lr": "-", "tps": "-", "epoch": "0.00"}
 
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step)
-            self.close()
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.active, self.started = True, time.perf_counter()
+        if term.err.is_terminal:
+            self.bar = progress_bar()
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, **self.fields)
 
-        def close(self) -> None:
-            self.active = False
-            if self.bar is not None:
-                self.bar.stop()
-                self.bar = None
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step, **self.measure(state))
 
-    return TrainProgress()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.active or not logs:
+            return
+        self.take(logs)
+        if "eval_loss" in logs:
+            (self.bar.console if self.bar else term.err).print(
+                f"  step {state.global_step}: eval loss {logs['eval_loss']:.4f}"
+            )
+        if self.bar is not None:
+            self.bar.update(self.task, **self.fields)
+        elif "loss" in logs:
+            term.info(plain_progress_line(state, self.measure(state), time.perf_counter() - self.started))
+
+    def take(self, logs: dict[str, float]) -> None:
+        """The logged loss and learning rate, as the bar and the plain line show them."""
+        if "loss" in logs:
+            self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            self.fields["lr"] = f"{logs['learning_rate']:.2e}"
+
+    def measure(self, state) -> dict[str, str]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.fields["tps"] = f"{state.num_input_tokens_seen / elapsed:,.0f}"
+        self.fields["epoch"] = f"{state.epoch or 0:.2f}"
+        return self.fields
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+        self.close()
+
+    def close(self) -> None:
+        self.active = False
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def progress_bar() -> Progress:

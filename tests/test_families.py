@@ -26,7 +26,16 @@ from test_render import runs
 from glmtune.checkpoints.original import load_original_tokenizer
 from glmtune.data.render import render_conversation
 from glmtune.errors import UsageError
-from glmtune.families import CHATGLM2, CHATGLM3, GLM4, Message, detect_family, get_family
+from glmtune.families import (
+    CHATGLM2,
+    CHATGLM3,
+    GLM4,
+    FolderFacts,
+    Message,
+    candidates,
+    detect_family,
+    get_family,
+)
 from glmtune.families.original_tokenizer import reference_encode as encode_with_spec
 
 FOLDERS = {"chatglm3": "chatglm3-6b", "chatglm2": "chatglm2-6b", "glm4": "glm-4-9b-chat"}
@@ -290,11 +299,12 @@ def test_detection_reads_files_and_template_never_the_name(tmp_path):
     shutil.copy(chatglm3 / "tokenizer_config.json", renamed / "tokenizer_config.json")
     (renamed / "tokenizer.model").write_bytes(b"")
     assert detect_family(renamed) is CHATGLM3
-    # ChatGLM3-6B-Base ships ChatGLM2-6B's files (no template): it reads as ChatGLM2 unless model.family says
-    base = copy_configs(chatglm3, tmp_path / "base", _name_or_path="THUDM/chatglm3-6b-base")
-    (base / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ChatGLMTokenizer"}))
-    (base / "tokenizer.model").write_bytes(b"")
-    assert detect_family(base) is CHATGLM2
+    # a folder with ChatGLM2-6B's files only (no template, no role tokens declared) reads as ChatGLM2, whatever
+    # its name says; for a ChatGLM3 checkpoint stripped that far, model.family says "chatglm3"
+    bare = copy_configs(chatglm3, tmp_path / "bare", _name_or_path="THUDM/chatglm3-6b-base")
+    (bare / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ChatGLMTokenizer"}))
+    (bare / "tokenizer.model").write_bytes(b"")
+    assert detect_family(bare) is CHATGLM2
     no_tokenizer = copy_configs(chatglm3, tmp_path / "no-tokenizer", _name_or_path="THUDM/chatglm3-6b")
     with pytest.raises(UsageError, match="set model.family .*one of .*chatglm2"):
         detect_family(no_tokenizer)
@@ -302,6 +312,54 @@ def test_detection_reads_files_and_template_never_the_name(tmp_path):
         chatglm3, tmp_path / "stamped", _name_or_path="my-model", glmtune_family="chatglm2"
     )
     assert detect_family(stamped) is CHATGLM2
+
+
+def chatglm3_base(target: Path, tokenizer_config: dict | None = None) -> Path:
+    """ChatGLM3-6B-Base's shape, which the shared assets do not hold: ChatGLM3-6B's files without the chat
+    template (the base model has none), under the base model's name."""
+    chatglm3 = asset("chatglm3-6b")
+    folder = copy_configs(chatglm3, target, _name_or_path="THUDM/chatglm3-6b-base")
+    shutil.copy(chatglm3 / "tokenizer.model", folder / "tokenizer.model")
+    shutil.copy(chatglm3 / "special_tokens_map.json", folder / "special_tokens_map.json")
+    if tokenizer_config is None:
+        tokenizer_config = json.loads((chatglm3 / "tokenizer_config.json").read_text())
+        del tokenizer_config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return folder
+
+
+def test_chatglm3_base_detects_by_the_role_tokens_of_its_tokenizer(tmp_path):
+    """No template, ChatGLM2's tokenizer.model and config fields: what tells ChatGLM3-6B-Base from ChatGLM2-6B is
+    that its tokenizer declares the role tokens, in tokenizer_config.json's added_tokens_decoder..."""
+    base = chatglm3_base(tmp_path / "base")
+    facts = FolderFacts.read(base)
+    assert not facts.chat_template and facts.declares("<|user|>") and facts.declares("<|assistant|>")
+    assert candidates(base) == [CHATGLM3]
+    assert detect_family(base) is CHATGLM3
+    assert [
+        t for t in ("<|user|>", "<|assistant|>") if FolderFacts.read(asset("chatglm2-6b")).declares(t)
+    ] == []
+    # ... or, with a tokenizer_config.json as old as ChatGLM2-6B's, in the tokenization_chatglm.py it ships, whose
+    # SPTokenizer appends them after the control tokens (the line below is that file's; the assets hold no code)
+    old_style = json.loads((asset("chatglm2-6b") / "tokenizer_config.json").read_text())
+    coded = chatglm3_base(tmp_path / "coded", old_style)
+    assert detect_family(coded) is CHATGLM2  # without the code, nothing tells them apart
+    (coded / "tokenization_chatglm.py").write_text(
+        'role_special_tokens = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]\n'
+    )
+    assert detect_family(coded) is CHATGLM3
+    without_roles = chatglm3_base(tmp_path / "without-roles", old_style)
+    (without_roles / "tokenization_chatglm.py").write_text(
+        'special_tokens = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]\n'
+    )
+    assert detect_family(without_roles) is CHATGLM2
+
+
+def test_a_base_folder_two_records_claim_is_still_refused_naming_both(tmp_path):
+    base = chatglm3_base(tmp_path / "both")
+    (base / "ice_text.model").write_bytes(b"")  # ChatGLM-6B v1's tokenizer file as well
+    with pytest.raises(UsageError, match=r"several GLM families \(chatglm3, chatglm\).*set model\.family"):
+        detect_family(base)
 
 
 def test_no_family_checks_outside_the_registry():

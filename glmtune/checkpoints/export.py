@@ -64,9 +64,13 @@ def export_run(run_dir: Path, out: Path, layout: str = "native", overwrite: bool
     with staged_dir(out, kind="export") as staging:
         if layout == "original":
             save_original_layout(
-                model.state_dict(), base_model_folder(run), family, staging,
-                dtype=_base_dtype(run), max_shard_size=recipe.export.max_shard_size,
-            )  # fmt: skip
+                model.state_dict(),
+                base_model_folder(run),
+                family,
+                staging,
+                dtype=_base_dtype(run),
+                max_shard_size=recipe.export.max_shard_size,
+            )
         else:
             save_export(model, tokenizer, family, run, recipe, staging)
         del model

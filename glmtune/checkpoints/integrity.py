@@ -19,8 +19,14 @@ from typing import Any
 from glmtune.errors import UsageError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "ice_text.model", "vocab.json", "tokenizer.tiktoken")
-JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "generation_config.json", "adapter_config.json")  # fmt: skip
+JSON_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "adapter_config.json",
+)
 HEADER_LIMIT = 100 * 2**20  # safetensors caps its JSON header at 100 MB
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 

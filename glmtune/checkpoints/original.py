@@ -212,8 +212,10 @@ def write_shards(tensors: dict[str, Any], folder: Path, max_shard_size: str) -> 
     for filename, names in split.filename_to_tensors.items():
         save_file({name: tensors[name] for name in names}, str(folder / filename), metadata={"format": "pt"})
     if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": split.tensor_to_filename}  # fmt: skip
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+            "weight_map": split.tensor_to_filename,
+        }
         (folder / "model.safetensors.index.json").write_text(
             json.dumps(index, indent=2) + "\n", encoding="utf-8"
         )

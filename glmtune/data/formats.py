@@ -362,8 +362,9 @@ def _sharegpt(record: Mapping[str, Any], origin: str) -> list[Message]:
     return _conversation(record, origin, "sharegpt", ("from", "value"), SHAREGPT_ROLES)
 
 
-def _conversation(record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[str, str],
-                  roles: Mapping[str, str]) -> list[Message]:  # fmt: skip
+def _conversation(
+    record: Mapping[str, Any], origin: str, fmt: str, keys: tuple[str, str], roles: Mapping[str, str]
+) -> list[Message]:
     """Turns of a messages/sharegpt record; `keys` names its speaker and text fields."""
     speaker, text = keys
     messages: list[Message] = []

@@ -18,7 +18,26 @@ from typing import Any
 from glmtune.data.formats import Example, read_examples
 from glmtune.data.render import Thinking, render_conversation, thinking_options
 from glmtune.errors import UsageError
-from glmtune.families import Family, Piece
+from glmtune.families import Family, Piece, detect_family, get_family
+
+
+def render_target(
+    source: str | None, data: Path | None, family: str | None, ids: bool
+) -> tuple[str | None, Path]:
+    """`render`'s arguments sorted out: (the model folder or None, the data file). With `--family` and one
+    argument, that argument is the data; `--ids` needs a folder, whose tokenizer makes them."""
+    if data is None and family is not None:
+        source, data = None, Path(source) if source else None
+    if data is None or (source is None and family is None):
+        raise UsageError("glmtune render: give MODEL_DIR DATA, or --family NAME DATA")
+    if ids and source is None:
+        raise UsageError("glmtune render --ids: give MODEL_DIR, whose tokenizer makes the ids")
+    return source, data
+
+
+def render_family(folder: Path | None, family: str | None) -> Family:
+    """The family named by `--family`, else the one the folder's files show."""
+    return get_family(str(family)) if family or folder is None else detect_family(folder)
 
 
 def render_lines(

@@ -41,9 +41,23 @@ from glmtune.families.base import (
 )
 
 __all__ = [
-    "FAMILY_KEY", "ROLES", "Family", "FolderFacts", "Layout", "Message", "OriginalLayout", "Piece", "Signature",
-    "TinySpec", "TokenizerSpec", "WeightLayout", "read_json", "RenderOptions", "ToolCall", "without_reasoning",
-]  # fmt: skip
+    "FAMILY_KEY",
+    "ROLES",
+    "Family",
+    "FolderFacts",
+    "Layout",
+    "Message",
+    "OriginalLayout",
+    "Piece",
+    "Signature",
+    "TinySpec",
+    "TokenizerSpec",
+    "WeightLayout",
+    "read_json",
+    "RenderOptions",
+    "ToolCall",
+    "without_reasoning",
+]
 
 _MODULES = (glm4, chatglm3, chatglm2, chatglm, glm4_5, glm4_7, glm5, glm5_2, glm5_3)
 REGISTRY: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in _MODULES}

@@ -71,13 +71,15 @@ ReplyParser = Callable[[str, Sequence[Mapping[str, Any]]], tuple[str, "str | Non
 @dataclass(frozen=True)
 class FolderFacts:
     """What detection reads of a checkpoint folder, read once: config.json, tokenizer_config.json, the shipped chat
-    template (tokenizer_config.json "chat_template" or chat_template.jinja; "" when none) and the file names."""
+    template (tokenizer_config.json "chat_template" or chat_template.jinja; "" when none), the file names, and the
+    text where the tokenizer declares its special tokens (`declares`)."""
 
     folder: Path
     config: Mapping[str, Any]
     tokenizer_config: Mapping[str, Any]
     chat_template: str
     files: frozenset[str]
+    tokenizer_text: str = ""  # tokenizer_config.json less its chat template, then the remote tokenizer module
 
     @classmethod
     def read(cls, folder: Path) -> FolderFacts:
@@ -92,7 +94,24 @@ class FolderFacts:
             tokenizer_config=tokenizer_config,
             chat_template=template if isinstance(template, str) else "",
             files=frozenset(p.name for p in folder.iterdir()),
+            tokenizer_text=_tokenizer_text(folder, tokenizer_config),
         )
+
+    def declares(self, token: str) -> bool:
+        """Whether the tokenizer declares `token`: tokenizer_config.json lists it (added_tokens_decoder, special
+        token lists), or the tokenizer code the folder ships quotes it (read as text, never run)."""
+        return f'"{token}"' in self.tokenizer_text or f"'{token}'" in self.tokenizer_text
+
+
+def _tokenizer_text(folder: Path, tokenizer_config: Mapping[str, Any]) -> str:
+    text = json.dumps({key: value for key, value in tokenizer_config.items() if key != "chat_template"})
+    auto_map = tokenizer_config.get("auto_map")
+    named = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else None  # ["module.Class", fast]
+    module = str(named[0] if isinstance(named, list) and named else named).rpartition(".")[0]
+    code = folder / f"{module}.py"
+    if module.isidentifier() and code.is_file():  # not "repo--module.Class" (another repository's code)
+        text += "\n" + code.read_text(encoding="utf-8", errors="replace")
+    return text
 
 
 @dataclass(frozen=True)
@@ -101,8 +120,9 @@ class Signature:
 
     `template_markers` must all occur in the shipped chat template (so a folder without one never matches), and
     `template_lacks` must not; `template_is` asks for exactly that template (the record's own generated one, which
-    glmtune's tiny folders ship); `no_template` asks for a folder that ships none. `layout` says how the folder's
-    weights are stored: "native" (a transformers model_type) or "original" (the family's `OriginalLayout`).
+    glmtune's tiny folders ship); `no_template` asks for a folder that ships none; `tokens` and `tokens_lack` ask
+    which special tokens its tokenizer declares. `layout` says how the folder's weights are stored: "native" (a
+    transformers model_type) or "original" (the family's `OriginalLayout`).
     """
 
     model_types: tuple[str, ...]  # config.json model_type is one of these
@@ -114,6 +134,8 @@ class Signature:
     template_lacks: tuple[str, ...] = ()
     template_is: str = ""
     no_template: bool = False
+    tokens: tuple[str, ...] = ()  # special tokens the folder's tokenizer must declare (FolderFacts.declares)
+    tokens_lack: tuple[str, ...] = ()  # ... and must not
 
     def matches(self, facts: FolderFacts) -> bool:
         config, template = facts.config, facts.chat_template
@@ -126,6 +148,8 @@ class Signature:
             and not any(marker in template for marker in self.template_lacks)
             and (not self.template_is or template == self.template_is)
             and not (self.no_template and template)
+            and all(facts.declares(token) for token in self.tokens)
+            and not any(facts.declares(token) for token in self.tokens_lack)
         )
 
 
@@ -161,14 +185,11 @@ class WeightLayout:
     model from, its class, and the state-dict mapping both ways. Functions import torch/transformers lazily."""
 
     name: str
-    loading_config: Callable[
-        [Mapping[str, Any]], Any
-    ]  # original config.json -> a config the Auto classes know
+    # original config.json -> a config the Auto classes know
+    loading_config: Callable[[Mapping[str, Any]], Any]
     model_class: Callable[[], Any]  # the loading class (a transformers PreTrainedModel subclass)
     to_loaded: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # original names -> model names
-    to_original: Callable[
-        [dict[str, Any], Mapping[str, Any]], dict[str, Any]
-    ]  # model names -> original names
+    to_original: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]  # the way back
 
 
 @dataclass(frozen=True)
@@ -195,12 +216,8 @@ class TinySpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     tokenizer_config: Mapping[str, Any] = field(default_factory=dict)
     split_pattern: str = ""  # native: the pre-tokenizer regex of the trained tokenizer
-    tokenizer_pieces: int = (
-        0  # original: pad the trained vocabulary to this many pieces (specials at their ids)
-    )
-    source: str = (
-        ""  # native: the official config.json (in the shared glm-models folder) `config` scales down
-    )
+    tokenizer_pieces: int = 0  # original: pad the trained vocabulary to this size (specials at their ids)
+    source: str = ""  # native: the official config.json (shared glm-models folder) that `config` scales down
 
 
 @dataclass(frozen=True)
@@ -226,9 +243,8 @@ class Family:
     parse_reply: ReplyParser | None = None  # a generated reply -> (content, reasoning_content, tool_calls)
     # what can be shown of an unfinished reply: (content so far, reasoning so far); default: parse_reply's parts
     partial_reply: Callable[[str], tuple[str, str | None]] | None = None
-    register_architectures: Callable[[], None] | None = (
-        None  # make glmtune's own classes known to the Auto classes
-    )
+    # makes glmtune's own classes known to the Auto classes
+    register_architectures: Callable[[], None] | None = None
 
     def reply(
         self, text: str, tools: Sequence[Mapping[str, Any]] = ()

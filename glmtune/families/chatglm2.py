@@ -59,7 +59,8 @@ ORIGINAL = OriginalLayout(
     tokenizer=replace(CHATGLM3_ORIGINAL.tokenizer, special_tokens=SP_CONTROL_TOKENS),
     weights=glm_original_layout.WEIGHTS_WITHOUT_ROPE_RATIO,
 )
-# ChatGLM2-6B ships no chat template (ChatGLM3 does; ChatGLM3-6B-Base does not, and so detects as this family).
+# ChatGLM2-6B ships no chat template (ChatGLM3-6B does) and its tokenizer has no role tokens (ChatGLM3-6B-Base's,
+# the same tokenizer.model, declares them).
 DETECTION = (
     Signature(
         model_types=(glm_original_layout.MODEL_TYPE,),
@@ -67,6 +68,7 @@ DETECTION = (
         config={"padded_vocab_size": 65024},
         files=("tokenizer.model",),
         no_template=True,
+        tokens_lack=("<|user|>", "<|assistant|>"),
     ),
 )
 TINY = (

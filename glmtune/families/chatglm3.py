@@ -112,8 +112,10 @@ ORIGINAL = OriginalLayout(
     ),
     weights=glm_original_layout.WEIGHTS,
 )
-# ChatGLM2 and 3 share tokenizer.model and the config fields; ChatGLM3 ships a template with its role tokens.
-# (ChatGLM3-6B-Base ships no template: it looks like ChatGLM2-6B, so set model.family = "chatglm3" for it.)
+# ChatGLM2 and 3 share tokenizer.model and the config fields. ChatGLM3-6B ships a template with its role tokens;
+# ChatGLM3-6B-Base ships none, but its tokenizer declares the role tokens ChatGLM2's has not: the shipped
+# tokenization_chatglm.py appends them after the control tokens, and a tokenizer_config.json written by newer
+# transformers lists them in added_tokens_decoder. A folder with neither reads as ChatGLM2: set model.family.
 DETECTION = (
     Signature(
         model_types=(glm_original_layout.MODEL_TYPE,),
@@ -121,6 +123,14 @@ DETECTION = (
         config={"padded_vocab_size": 65024},
         files=("tokenizer.model",),
         template_markers=("[gMASK]sop", "<|assistant|>"),
+    ),
+    Signature(
+        model_types=(glm_original_layout.MODEL_TYPE,),
+        layout="original",
+        config={"padded_vocab_size": 65024},
+        files=("tokenizer.model",),
+        no_template=True,
+        tokens=("<|user|>", "<|assistant|>"),
     ),
 )
 # ChatGLM3-6B's tokenizer_config.json has a chat template and these tokens.

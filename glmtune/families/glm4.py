@@ -92,15 +92,27 @@ GLM4_CHAT_TEMPLATE = (
 # The official ChatGLM3-6B template plus the metadata line (the official one drops it).
 
 
-# glm4_moe (tiny-glm4-moe): attention and every nn.Linear gate/up/down_proj (dense first layers, shared experts); the
-# fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the exact weights).
-_MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# glm4_moe (tiny-glm4-moe, GLM-4.5 and later): attention and every nn.Linear gate/up/down_proj (dense first layers,
+# shared experts); the fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the weights).
+MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
-    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-)  # fmt: skip
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+)
 # tiktoken split pattern of GLM-4 (tokenization_chatglm.py of THUDM/glm-4-9b-chat).
 SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
@@ -161,7 +173,7 @@ FAMILY = Family(
     layout=_glm4_layout,
     chat_template=GLM4_CHAT_TEMPLATE,
     detection=DETECTION,
-    lora_targets={"glm": NATIVE_GLM_TARGETS, "glm4": NATIVE_GLM_TARGETS, "glm4_moe": _MOE_TARGETS},
+    lora_targets={"glm": NATIVE_GLM_TARGETS, "glm4": NATIVE_GLM_TARGETS, "glm4_moe": MOE_TARGETS},
     turn_end_note="an assistant turn ends with the next role token: <|user|> (or <|observation|> before a tool result)",
     original=ORIGINAL,
     tiny=TINY,

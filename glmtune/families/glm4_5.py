@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
 from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
-from glmtune.families.glm4 import SPLIT_PATTERN
+from glmtune.families.glm4 import MOE_TARGETS, SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
     family="glm4_5",
@@ -31,9 +31,6 @@ FORMAT = think_xml.ThinkXmlFormat(
     tools_as_functions=False,
     has_clear_thinking=False,
 )
-# GLM-4.5 (glm4_moe): LoRA on the attention projections and every nn.Linear gate/up/down_proj (the dense first
-# layers and the shared experts). The routed experts are fused 3-D tensors, adapted only with `[lora] experts`.
-MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # GLM-4.5's config.json (../shared/assets/glm-models/glm-4.5/config.json) scaled down: every switch as shipped,
 # sizes shrunk (2 layers: one dense, one MoE; 4 routed experts).
 TINY_CONFIG = {

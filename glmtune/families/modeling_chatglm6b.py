@@ -164,14 +164,15 @@ def rotary_inv_freq(dim: int, device: torch.device | None = None) -> Tensor:
     return (1.0 / 10000**exponents).half()
 
 
-def rotary_tables(positions: Tensor, dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """RotaryEmbedding + the F.embedding lookup: (cos, sin) of [batch, 1, seq, dim] for `positions` [batch, seq]."""
+def rotary_tables(position_ids: Tensor, dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RotaryEmbedding + the F.embedding lookup for `position_ids` [batch, 2, seq]: (cos, sin), each
+    [batch, 1, seq, 2, dim], of the positions ([..., 0, :]) and the block positions ([..., 1, :])."""
     # An fp16 model computes the angles in fp16 from the fp16-rounded inv_freq; doing the same keeps logits equal to
     # the remote code's (fp32 exactly).
     angle_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    inv_freq = rotary_inv_freq(dim, positions.device).to(angle_dtype)
-    freqs = positions.to(angle_dtype)[..., None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    inv_freq = rotary_inv_freq(dim, position_ids.device).to(angle_dtype)
+    freqs = position_ids.to(angle_dtype)[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1).transpose(1, 2)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -180,13 +181,11 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary_2d(x: Tensor, rotary: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+def apply_rotary_2d(x: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
     """First half of each head rotated by positions, second half by block positions."""
-    cos, sin, block_cos, block_sin = rotary
-    x1, x2 = x.chunk(2, dim=-1)
-    x1 = x1 * cos + rotate_half(x1) * sin
-    x2 = x2 * block_cos + rotate_half(x2) * block_sin
-    return torch.cat((x1, x2), dim=-1)
+    cos, sin = rotary
+    halves = x.unflatten(-1, (2, -1))  # [batch, heads, seq, 2, head_dim / 2]
+    return (halves * cos + rotate_half(halves) * sin).flatten(-2)
 
 
 def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -340,10 +339,7 @@ class ChatGLM6BForCausalLM(PreTrainedModel, GenerationMixin):
             position_ids = position_ids_2d(input_ids, self.config, attention_mask)
         blocked = self.blocked_attention(input_ids, attention_mask, hidden.size(1), past_length)
         rotary_dim = self.config.hidden_size // self.config.num_attention_heads // 2
-        rotary = (
-            *rotary_tables(position_ids[:, 0], rotary_dim, hidden.dtype),
-            *rotary_tables(position_ids[:, 1], rotary_dim, hidden.dtype),
-        )
+        rotary = rotary_tables(position_ids, rotary_dim, hidden.dtype)
         for layer in self.transformer.layers:
             hidden = layer(hidden, blocked=blocked, rotary=rotary, cache=cache)
         logits = self.lm_head(self.transformer.final_layernorm(hidden))

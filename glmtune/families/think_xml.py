@@ -69,8 +69,18 @@ TURN_END_NOTE = (
     "after a tool call, else <|user|>); trained are its reasoning with </think>, content and calls, never an empty "
     "think block or the <think> the generation prompt writes"
 )
-TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
-        "</arg_value>", "<tool_response>", "</tool_response>")  # fmt: skip
+TAGS = (
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "<tool_response>",
+    "</tool_response>",
+)
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(tag) for tag in TAGS) + ")")
 
 
@@ -138,16 +148,24 @@ def _with_tool_calls(fmt: ThinkXmlFormat, index: int, message: Message) -> Messa
             f"{fmt.family}: message {index + 1} has metadata {message.metadata!r} (a GLM-4-style call) but its "
             "content is not a JSON object of arguments; write the call as tool_calls"
         )
-    return Message(message.role, "", reasoning_content=message.reasoning_content,
-                   tool_calls=(ToolCall(message.metadata, arguments),))  # fmt: skip
+    return Message(
+        message.role,
+        "",
+        reasoning_content=message.reasoning_content,
+        tool_calls=(ToolCall(message.metadata, arguments),),
+    )
 
 
 def _other(fmt: ThinkXmlFormat, message: Message, options: RenderOptions) -> list[Piece]:
     """A system, user or tool-result message after its role tag."""
     nl = "\n" if fmt.role_newline else ""
     if message.role == "observation":
-        return [Piece(nl), Piece("<tool_response>", special=True), Piece(f"{nl}{message.content}{nl}"),
-                Piece("</tool_response>", special=True)]  # fmt: skip
+        return [
+            Piece(nl),
+            Piece("<tool_response>", special=True),
+            Piece(f"{nl}{message.content}{nl}"),
+            Piece("</tool_response>", special=True),
+        ]
     if message.role == "user":
         return _user(fmt, message.content, options)
     return [Piece(nl + message.content)]
@@ -213,8 +231,12 @@ def _assistant(
     if text.strip():
         # GLM-4.7+'s generation prompt writes the <think>, so the model does not; GLM-4.5's model writes it
         prompt_opens = fmt.prompt_think[0] == "<think>"
-        pieces = [Piece(nl, train=True), Piece("<think>", special=True, train=not prompt_opens),
-                  Piece(text, train=True), Piece("</think>", special=True, train=True)]  # fmt: skip
+        pieces = [
+            Piece(nl, train=True),
+            Piece("<think>", special=True, train=not prompt_opens),
+            Piece(text, train=True),
+            Piece("</think>", special=True, train=True),
+        ]
     else:  # an empty (or whitespace) think block, or the hidden form: never trained
         pieces = _tagged(nl + (f"<think>{text}</think>" if shown else fmt.hidden_think))
     if content.strip():

@@ -70,12 +70,16 @@ def _tools_jinja(fmt: ThinkXmlFormat) -> str:
 def _assistant_jinja(fmt: ThinkXmlFormat) -> str:
     nl = "\\n" if fmt.role_newline else ""
     if fmt.raw_reasoning:
-        parse = ("{%- set r.text = content.split('</think>')[0].split('<think>')[-1] -%}"
-                 "{%- set content = content.split('</think>')[-1] -%}")  # fmt: skip
+        parse = (
+            "{%- set r.text = content.split('</think>')[0].split('<think>')[-1] -%}"
+            "{%- set content = content.split('</think>')[-1] -%}"
+        )
         shown, text = "r.text is not none", "r.text"
     else:
-        parse = ("{%- set r.text = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') -%}"
-                 "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}")  # fmt: skip
+        parse = (
+            "{%- set r.text = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') -%}"
+            "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+        )
         shown, text = "r.text", "r.text.strip()"
     implied = (
         "{%- if r.text is none and ((loop.index0 > ns.last_user and think_on) or (loop.index0 < ns.last_user and "

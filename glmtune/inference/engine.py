@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmtune.checkpoints.load import Loaded
-from glmtune.data.render import Rendered, render_conversation
+from glmtune.data.render import Rendered, render_conversation, stop_token_ids
 from glmtune.families import Message, RenderOptions
-from glmtune.inference.generation import Reply, parse, stop_token_ids
+from glmtune.inference.generation import Reply, parse
 
 
 @dataclass(frozen=True)

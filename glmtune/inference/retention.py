@@ -125,33 +125,45 @@ def base_model(loaded: Loaded) -> Iterator[Any]:
     switches = run_recipe(
         loaded.source
     ).model  # the loading switches come from the run's recipe, as for training
-    base = load_model(base_model_folder(loaded.run), allow_pickle=switches.allow_pickle,
-                      trust_remote_code=switches.trust_remote_code, family=loaded.family)  # fmt: skip
+    base = load_model(
+        base_model_folder(loaded.run),
+        allow_pickle=switches.allow_pickle,
+        trust_remote_code=switches.trust_remote_code,
+        family=loaded.family,
+    )
     base.to(loaded.model.device).eval()
     yield base
 
 
 def report_retention(task: dict[str, dict[str, float]], retention: dict[str, dict[str, float]]) -> None:
     """The trained task (base, tuned) beside the general questions, and one line saying what moved."""
-    columns = {**{f"task: {name}": scores for name, scores in task.items()},
-               **{f"general: {name}": scores for name, scores in retention.items()}}  # fmt: skip
-    rows = [[metric, *(_cell(scores.get(metric), metric) for scores in columns.values())]
-            for metric in (*SHOWN, "questions")]  # fmt: skip
+    columns = {
+        **{f"task: {name}": scores for name, scores in task.items()},
+        **{f"general: {name}": scores for name, scores in retention.items()},
+    }
+    rows = [
+        [metric, *(_cell(scores.get(metric), metric) for scores in columns.values())]
+        for metric in (*SHOWN, "questions")
+    ]
     term.table("knowledge retention", ["metric", *columns], rows)
     term.info(retention_summary(task, retention))
 
 
 def retention_summary(task: dict[str, dict[str, float]], retention: dict[str, dict[str, float]]) -> str:
     kept = retention["tuned vs base"]
-    line = (f"general questions: {kept['exact_match']:.0f}% of the tuned answers equal the base's, "
-            f"ROUGE-L {kept['rouge-l']:.1f} against them (100 = unchanged)")  # fmt: skip
+    line = (
+        f"general questions: {kept['exact_match']:.0f}% of the tuned answers equal the base's, "
+        f"ROUGE-L {kept['rouge-l']:.1f} against them (100 = unchanged)"
+    )
     if "tuned" in task and "exact_match" in task["tuned"]:
         before = task.get("base", {}).get("exact_match")
         moved = f"{before:.0f} -> " if before is not None else ""
         line = f"trained task: exact match {moved}{task['tuned']['exact_match']:.0f}; " + line
     if "tuned vs reference" in retention:
-        line += (f"; ROUGE-L against the references: base {retention['base vs reference']['rouge-l']:.1f}, "
-                 f"tuned {retention['tuned vs reference']['rouge-l']:.1f}")  # fmt: skip
+        line += (
+            f"; ROUGE-L against the references: base {retention['base vs reference']['rouge-l']:.1f}, "
+            f"tuned {retention['tuned vs reference']['rouge-l']:.1f}"
+        )
     return line
 
 

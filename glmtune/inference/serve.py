@@ -36,7 +36,15 @@ def create_app(
 ):
     """The FastAPI application serving `engine` under the name `model_id`."""
     app = FastAPI(title="glmtune serve", docs_url=None, redoc_url=None)
-    defaults = defaults or {}
+    _answer_errors(app)
+    if api_key is not None:
+        _require_key(app, api_key)
+    _add_routes(app, engine, model_id, defaults or {})
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error, ours or FastAPI's, as an OpenAI-style JSON body with its status."""
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError):
@@ -53,16 +61,23 @@ def create_app(
     async def validation_error(_: Request, exc: RequestValidationError):
         return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
 
+
+def _require_key(app: FastAPI, api_key: str) -> None:
+    """Every request must carry `Authorization: Bearer KEY` (compared in constant time)."""
+
     @app.middleware("http")
     async def authorize(request: Request, call_next):
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = ApiError(
-                    401, "missing or wrong API key: send Authorization: Bearer KEY", "authentication_error"
-                )
-                return JSONResponse(error.body(), status_code=401)
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            error = ApiError(
+                401, "missing or wrong API key: send Authorization: Bearer KEY", "authentication_error"
+            )
+            return JSONResponse(error.body(), status_code=401)
         return await call_next(request)
+
+
+def _add_routes(app: FastAPI, engine: Engine, model_id: str, defaults: dict[str, Any]) -> None:
+    """`GET /v1/models[/NAME]` and `POST /v1/chat/completions`."""
 
     @app.get("/v1/models")
     async def models():
@@ -86,8 +101,6 @@ def create_app(
             )
         done = await asyncio.to_thread(engine.generate, prompt.ids, sampling)
         return _response(engine, chat, prompt, done, model_id)
-
-    return app
 
 
 def _model_card(model_id: str) -> dict[str, Any]:
@@ -172,57 +185,89 @@ async def _stream(
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content/reasoning deltas as they are generated, the tool calls and the
     finish reason once the answer is complete, usage if asked for, then [DONE]."""
+    chunks = _Chunks(model_id)
+    pieces = _generate_in_background(engine, prompt, sampling)
+    yield chunks.delta({"role": "assistant", "content": ""})
+    text, sent = "", {"content": "", "reasoning_content": ""}
+    while isinstance(item := await pieces.get(), str):
+        text += item
+        for delta in _partial_deltas(engine, prompt, text, sent):
+            yield chunks.delta(delta)
+    if isinstance(item, BaseException):
+        yield _event(ApiError(500, f"generation failed: {item}", "server_error").body())
+    else:
+        for event in _closing_chunks(engine, chat, prompt, item, sent, chunks):
+            yield event
+    yield "data: [DONE]\n\n"
+
+
+class _Chunks:
+    """The chunk events of one streamed completion, which share one id."""
+
+    def __init__(self, model_id: str) -> None:
+        self.base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "model": model_id,
+        }
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _event({**self.base, "created": int(time.time()), "choices": [choice]})
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> str:
+        usage = _usage(prompt_tokens, completion_tokens)
+        return _event({**self.base, "created": int(time.time()), "choices": [], "usage": usage})
+
+
+def _event(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _generate_in_background(
+    engine: Engine, prompt: Rendered, sampling: Sampling
+) -> asyncio.Queue[str | Completion | BaseException]:
+    """Generate in a thread that hands each new piece of text, then the completion (or the exception that ended
+    it, reported to the client as an error event while the server keeps serving), to the returned queue."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "model": model_id}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {**base, "created": int(time.time()), **extra}
-        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    def hand_over(text: str) -> None:
-        loop.call_soon_threadsafe(pieces.put_nowait, text)
+    def hand_over(item: str | Completion | BaseException) -> None:
+        loop.call_soon_threadsafe(pieces.put_nowait, item)
 
     def work() -> None:
         try:
-            done = engine.generate(prompt.ids, sampling, on_text=hand_over)
-            loop.call_soon_threadsafe(pieces.put_nowait, done)
-        except BaseException as exc:  # reported to the client as an error event; the server keeps serving
-            loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            hand_over(engine.generate(prompt.ids, sampling, on_text=hand_over))
+        except BaseException as exc:
+            hand_over(exc)
 
     threading.Thread(target=work, daemon=True).start()
-    yield chunk({"role": "assistant", "content": ""})
-    text, sent = "", {"content": "", "reasoning_content": ""}
-    while True:
-        item = await pieces.get()
-        if isinstance(item, BaseException):
-            yield f"data: {json.dumps(ApiError(500, f'generation failed: {item}', 'server_error').body())}\n\n"
-            break
-        if isinstance(item, str):
-            text += item
-            for delta in _partial_deltas(engine, prompt, text, sent):
-                yield chunk(delta)
-            continue
-        message, finish = _message(engine, chat, prompt, item)
-        for key in ("reasoning_content", "content"):
-            final = message.get(key) or ""
-            if final.startswith(sent[key]) and len(final) > len(sent[key]):
-                yield chunk({key: final[len(sent[key]) :]})
-        if "tool_calls" in message:
-            calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            yield chunk({"tool_calls": calls})
-        yield chunk({}, finish)
-        if chat.stream_options and chat.stream_options.get("include_usage"):
-            body = {
-                **base,
-                "created": int(time.time()),
-                "choices": [],
-                "usage": _usage(len(prompt.ids), item.completion_tokens),
-            }
-            yield f"data: {json.dumps(body)}\n\n"
-        break
-    yield "data: [DONE]\n\n"
+    return pieces
+
+
+def _closing_chunks(
+    engine: Engine,
+    chat: ChatRequest,
+    prompt: Rendered,
+    done: Completion,
+    sent: dict[str, str],
+    chunks: _Chunks,
+) -> list[str]:
+    """Once the answer is complete: what the partial deltas did not send yet, the tool calls, the finish reason,
+    and the usage when the request asked for it."""
+    message, finish = _message(engine, chat, prompt, done)
+    events = []
+    for key in ("reasoning_content", "content"):
+        final = message.get(key) or ""
+        if final.startswith(sent[key]) and len(final) > len(sent[key]):
+            events.append(chunks.delta({key: final[len(sent[key]) :]}))
+    if "tool_calls" in message:
+        calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        events.append(chunks.delta({"tool_calls": calls}))
+    events.append(chunks.delta({}, finish))
+    if chat.stream_options and chat.stream_options.get("include_usage"):
+        events.append(chunks.usage(len(prompt.ids), done.completion_tokens))
+    return events
 
 
 def _partial_deltas(

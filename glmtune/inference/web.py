@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from glmtune.data.formats import check_record
 from glmtune.errors import UsageError
@@ -79,101 +80,154 @@ def answer(
 
 
 def build_app(engine: Engine, *, compare_base: bool, labels: LabelFile | None, defaults: dict[str, Any]):
+    """The page: the shared settings above a Playground tab and a Label tab, their buttons wired to `WebActions`."""
     import gradio as gr
 
+    actions = WebActions(engine, compare_base, labels, defaults)
     title = f"glmtune · {engine.loaded.source.name} ({engine.loaded.family.title})"
-    budget = int(defaults.get("max_new_tokens", 256))
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"### {title}")
+        system, tokens, temp = _settings(int(defaults.get("max_new_tokens", 256)))
+        with gr.Tab("Playground"):
+            chat = _playground(compare_base)
+        with gr.Tab("Label"):
+            form = _label_form(labels)
+        talk = [chat.message, chat.tuned, chat.base]
+        chat.message.submit(actions.respond, [*talk, system, tokens, temp], talk)
+        chat.clear.click(lambda: ([], []), None, [chat.tuned, chat.base])
+        chat.keep.click(actions.save_conversation, [chat.tuned, system], [chat.saved, form.last])
+        form.draft.click(actions.draft, [form.instruction, form.extra, system, tokens, temp], form.output)
+        record = [form.instruction, form.extra, form.output, system]
+        form.save.click(actions.save_record, record, [form.status, form.last])
+    return app
 
-    def sampling(max_new_tokens: float, temperature: float) -> Sampling:
-        return Sampling(int(max_new_tokens), float(temperature), defaults=defaults)
+
+def _settings(budget: int) -> tuple[Any, Any, Any]:
+    """The system prompt and the generation settings both tabs use."""
+    import gradio as gr
+
+    system = gr.Textbox(label="System prompt", lines=1, elem_id="system")
+    with gr.Row():
+        tokens = gr.Slider(1, 4096, value=budget, step=1, label="Max new tokens", elem_id="max-new-tokens")
+        temp = gr.Slider(
+            0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)", elem_id="temperature"
+        )
+    return system, tokens, temp
+
+
+class _Playground(NamedTuple):
+    tuned: Any
+    base: Any
+    message: Any
+    clear: Any
+    keep: Any
+    saved: Any
+
+
+def _playground(compare_base: bool) -> _Playground:
+    """The tuned model's chat, the base model's beside it when compared, the message box and its buttons."""
+    import gradio as gr
+
+    with gr.Row():
+        tuned = gr.Chatbot(label="Tuned", elem_id="tuned", height=420)
+        base = gr.Chatbot(label="Base (adapter off)", elem_id="base", height=420, visible=compare_base)
+    message = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="message")
+    with gr.Row():
+        clear = gr.Button("Clear", elem_id="clear")
+        keep = gr.Button("Save this conversation as a record", elem_id="save-conversation")
+    return _Playground(tuned, base, message, clear, keep, gr.Markdown(elem_id="saved-conversation"))
+
+
+class _LabelForm(NamedTuple):
+    instruction: Any
+    extra: Any
+    output: Any
+    draft: Any
+    save: Any
+    status: Any
+    last: Any
+
+
+def _label_form(labels: LabelFile | None) -> _LabelForm:
+    """An instruction/input/output record, a button to draft the output, one to save, and the file's last records."""
+    import gradio as gr
+
+    instruction = gr.Textbox(label="Instruction", lines=2, elem_id="instruction")
+    extra = gr.Textbox(label="Input (optional)", lines=2, elem_id="input")
+    output = gr.Textbox(label="Output", lines=4, elem_id="output")
+    with gr.Row():
+        draft = gr.Button("Draft the output with the model", elem_id="draft")
+        save = gr.Button("Save record", variant="primary", elem_id="save")
+    status = gr.Markdown(_count(labels), elem_id="status")
+    last = gr.JSON(_last(labels) if labels else [], label="Last records", elem_id="last")
+    return _LabelForm(instruction, extra, output, draft, save, status, last)
+
+
+@dataclass(frozen=True)
+class WebActions:
+    """What the page's buttons do: answer (and the base model beside), draft an output, save records."""
+
+    engine: Engine
+    compare_base: bool
+    labels: LabelFile | None
+    defaults: dict[str, Any]
+
+    def sampling(self, max_new_tokens: float, temperature: float) -> Sampling:
+        return Sampling(int(max_new_tokens), float(temperature), defaults=self.defaults)
 
     def respond(
-        message: str, history: History, base_history: History, system: str, tokens: float, temp: float
+        self, message: str, history: History, base_history: History, system: str, tokens: float, temp: float
     ):
         if not message.strip():
             yield "", history, base_history
             return
-        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        base_history = [
-            *base_history,
-            {"role": "user", "content": message},
-            {"role": "assistant", "content": ""},
-        ]
-        settings = sampling(tokens, temp)
-        for text in answer(engine, to_messages(history[:-1], system), settings):
+        turn = [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        history, base_history = [*history, *turn], [*base_history, *turn]
+        settings = self.sampling(tokens, temp)
+        for text in answer(self.engine, to_messages(history[:-1], system), settings):
             history[-1] = {"role": "assistant", "content": text}
             yield "", history, base_history
-        if compare_base:
-            for text in answer(engine, to_messages(base_history[:-1], system), settings, adapter=False):
+        if self.compare_base:
+            messages = to_messages(base_history[:-1], system)
+            for text in answer(self.engine, messages, settings, adapter=False):
                 base_history[-1] = {"role": "assistant", "content": text}
                 yield "", history, base_history
 
-    def save_conversation(history: History, system: str):
+    def save_conversation(self, history: History, system: str):
         turns = [{"role": "system", "content": system}] if system.strip() else []
         turns += [{"role": t["role"], "content": _text(t["content"])} for t in history]
-        return _save(turns)
+        return self.save(turns)
 
-    def draft(instruction: str, extra: str, system: str, tokens: float, temp: float):
+    def draft(self, instruction: str, extra: str, system: str, tokens: float, temp: float):
+        import gradio as gr
+
         prompt = f"{instruction}\n{extra}" if extra.strip() else instruction
         if not prompt.strip():
             raise gr.Error("write an instruction first")
+        messages = to_messages([{"role": "user", "content": prompt}], system)
         final = ""
-        for final in answer(
-            engine, to_messages([{"role": "user", "content": prompt}], system), sampling(tokens, temp)
-        ):
+        for final in answer(self.engine, messages, self.sampling(tokens, temp)):
             yield final
         yield final
 
-    def save_record(instruction: str, extra: str, output: str, system: str):
+    def save_record(self, instruction: str, extra: str, output: str, system: str):
         prompt = f"{instruction}\n{extra}" if extra.strip() else instruction
         turns = [{"role": "system", "content": system}] if system.strip() else []
-        return _save([*turns, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}])
+        return self.save(
+            [*turns, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+        )
 
-    def _save(turns: list[dict[str, str]]):
-        if labels is None:
+    def save(self, turns: list[dict[str, str]]):
+        """Append a record to --data; gradio shows a refusal (prepare's message) on the page."""
+        import gradio as gr
+
+        if self.labels is None:
             raise gr.Error("start glmtune web with --data FILE to save records")
         try:
-            count = labels.append(turns)
+            count = self.labels.append(turns)
         except UsageError as exc:
             raise gr.Error(str(exc)) from None
-        return f"saved: {count} records in {labels.path}", _last(labels)
-
-    with gr.Blocks(title=title) as app:
-        gr.Markdown(f"### {title}")
-        system = gr.Textbox(label="System prompt", lines=1, elem_id="system")
-        with gr.Row():
-            tokens = gr.Slider(
-                1, 4096, value=budget, step=1, label="Max new tokens", elem_id="max-new-tokens"
-            )
-            temp = gr.Slider(
-                0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)", elem_id="temperature"
-            )
-        with gr.Tab("Playground"):
-            with gr.Row():
-                tuned = gr.Chatbot(label="Tuned", elem_id="tuned", height=420)
-                base = gr.Chatbot(
-                    label="Base (adapter off)", elem_id="base", height=420, visible=compare_base
-                )
-            message = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="message")
-            with gr.Row():
-                clear = gr.Button("Clear", elem_id="clear")
-                keep = gr.Button("Save this conversation as a record", elem_id="save-conversation")
-            saved_chat = gr.Markdown(elem_id="saved-conversation")
-        with gr.Tab("Label"):
-            instruction = gr.Textbox(label="Instruction", lines=2, elem_id="instruction")
-            extra = gr.Textbox(label="Input (optional)", lines=2, elem_id="input")
-            output = gr.Textbox(label="Output", lines=4, elem_id="output")
-            with gr.Row():
-                draft_button = gr.Button("Draft the output with the model", elem_id="draft")
-                save_button = gr.Button("Save record", variant="primary", elem_id="save")
-            status = gr.Markdown(_count(labels), elem_id="status")
-            last = gr.JSON(_last(labels) if labels else [], label="Last records", elem_id="last")
-        message.submit(respond, [message, tuned, base, system, tokens, temp], [message, tuned, base])
-        clear.click(lambda: ([], []), None, [tuned, base])
-        keep.click(save_conversation, [tuned, system], [saved_chat, last])
-        draft_button.click(draft, [instruction, extra, system, tokens, temp], output)
-        save_button.click(save_record, [instruction, extra, output, system], [status, last])
-    return app
+        return f"saved: {count} records in {self.labels.path}", _last(self.labels)
 
 
 def _count(labels: LabelFile | None) -> str:

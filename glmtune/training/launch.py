@@ -249,8 +249,13 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     activations = _activation_bytes(config, recipe, width)
     loss = resolve_loss(recipe.train.loss, config.model_type, stage)
     logits = logits_bytes(config, recipe, width, loss)
-    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
-             f"logits ({loss} loss)": logits}  # fmt: skip
+    parts = {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer": optimizer,
+        "activations": activations,
+        f"logits ({loss} loss)": logits,
+    }
     estimate = {name: value / GIB for name, value in parts.items()}
     estimate["total"] = sum(estimate.values()) * 1.1  # allocator fragmentation and CUDA context
     if loss != "plain":

@@ -97,14 +97,16 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     positions = kwargs.pop("position_ids", None)
     if not module.training or positions is None or not bool((positions[:, 1:] == 0).any()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+    def causal(q, k, v):
+        return sdpa_attention_forward(module, q, k, v, None, dropout, scaling, is_causal=True)[0]
+
     rows = []
     for row, row_positions in enumerate(positions.expand(query.shape[0], -1)):
         starts = [*torch.nonzero(row_positions == 0).flatten().tolist(), row_positions.numel()]
-        pieces = [
-            sdpa_attention_forward(module, query[row : row + 1, :, start:end], key[row : row + 1, :, start:end],
-                                   value[row : row + 1, :, start:end], None, dropout, scaling, is_causal=True)[0]
-            for start, end in zip(starts, starts[1:], strict=False)
-        ]  # fmt: skip
+        one = slice(row, row + 1)
+        spans = [slice(start, end) for start, end in zip(starts, starts[1:], strict=False)]
+        pieces = [causal(query[one, :, at], key[one, :, at], value[one, :, at]) for at in spans]
         rows.append(torch.cat(pieces, dim=1))
     return torch.cat(rows, dim=0), None
 

@@ -211,8 +211,13 @@ def collator(tokenizer, fixed_length: int | None = None):
     from transformers import DataCollatorForSeq2Seq
 
     padding = "max_length" if fixed_length else "longest"
-    return DataCollatorForSeq2Seq(tokenizer, padding=padding, max_length=fixed_length,
-                                  label_pad_token_id=IGNORE_INDEX, return_tensors="pt")  # fmt: skip
+    return DataCollatorForSeq2Seq(
+        tokenizer,
+        padding=padding,
+        max_length=fixed_length,
+        label_pad_token_id=IGNORE_INDEX,
+        return_tensors="pt",
+    )
 
 
 @dataclass
