@@ -194,53 +194,70 @@ CHUNK = 1 << 20  # characters read at a time from a .json file
 def _json_array_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
     """The records of a .json list one at a time, read in chunks: a large file is never held in memory whole
     (json.load would hold the text and every record at once). Errors name the line, as json.loads would."""
-    decoder, buffer, line, index, at_end = json.JSONDecoder(), "", 1, 0, False
-    expect = "["  # then "first" (a record or "]"), then "," or "]", then "record"
-    while True:
-        stripped = buffer.lstrip()
-        line += buffer.count("\n", 0, len(buffer) - len(stripped))
-        buffer = stripped
-        if not buffer:
-            if at_end:
-                if expect == "[":
-                    raise UsageError(f"{file}: a .json data file must hold a list of records")
-                raise UsageError(f"{file}:{line}: invalid JSON (the list of records is not closed with ])")
-            chunk = handle.read(CHUNK)
-            at_end, buffer = not chunk, chunk
-            continue
-        char = buffer[0]
-        if expect == "[":
-            if char != "[":
-                raise UsageError(f"{file}: a .json data file must hold a list of records")
-            buffer, expect = buffer[1:], "first"
-        elif expect in ("first", ",") and char == "]":
-            if buffer[1:].strip() or handle.read().strip():
-                raise UsageError(f"{file}: invalid JSON (text after the ] that closes the list of records)")
-            return
-        elif expect == ",":
-            if char != ",":
-                raise UsageError(
-                    f"{file}:{line}: invalid JSON (expected ',' or ']' after record {index - 1})"
-                )
-            buffer, expect = buffer[1:], "record"
-        else:
+    reader = _JsonList(file, handle)
+    if reader.next_char() != "[":
+        raise UsageError(f"{file}: a .json data file must hold a list of records")
+    reader.take(1)
+    index = 0
+    while (char := reader.next_char()) != "]":
+        if not char:
+            raise UsageError(f"{file}:{reader.line}: invalid JSON (the list of records is not closed with ])")
+        if index and char != ",":
+            raise UsageError(
+                f"{file}:{reader.line}: invalid JSON (expected ',' or ']' after record {index - 1})"
+            )
+        if index:
+            reader.take(1)
+            reader.next_char()  # the record starts after the white space (or runs into the end: an error)
+        origin = f"{file} record {index}"
+        yield origin, _as_record(reader.record(), origin)
+        index += 1
+    if reader.buffer[1:].strip() or handle.read().strip():
+        raise UsageError(f"{file}: invalid JSON (text after the ] that closes the list of records)")
+
+
+class _JsonList:
+    """The unread text of a .json file, a chunk at a time, and the line it starts on."""
+
+    def __init__(self, file: Path, handle) -> None:
+        self.file, self.handle = file, handle
+        self.buffer, self.line, self.at_end = "", 1, False
+        self.decoder = json.JSONDecoder()
+
+    def read_more(self, size: int = CHUNK) -> None:
+        chunk = self.handle.read(size)
+        self.at_end, self.buffer = not chunk, self.buffer + chunk
+
+    def take(self, count: int) -> None:
+        self.line += self.buffer.count("\n", 0, count)
+        self.buffer = self.buffer[count:]
+
+    def next_char(self) -> str:
+        """The next character that is not white space (consumed up to it), or "" at the end of the file."""
+        while not self.buffer.lstrip():
+            if self.at_end:
+                return ""
+            self.take(len(self.buffer))
+            self.read_more()
+        self.take(len(self.buffer) - len(self.buffer.lstrip()))
+        return self.buffer[0]
+
+    def record(self) -> Any:
+        while True:
             try:
-                record, end = decoder.raw_decode(buffer)
+                record, end = self.decoder.raw_decode(self.buffer)
             except json.JSONDecodeError as exc:
-                if not at_end:  # the record may go on in the next chunk
-                    chunk = handle.read(max(CHUNK, len(buffer)))
-                    at_end, buffer = not chunk, buffer + chunk
+                if not self.at_end:  # the record may go on in the next chunk
+                    self.read_more(max(CHUNK, len(self.buffer)))
                     continue
                 column = f" at column {exc.colno}" if exc.lineno > 1 else ""  # the buffer starts mid-line
                 raise UsageError(
-                    f"{file}:{line + exc.lineno - 1}: invalid JSON ({exc.msg}{column})"
+                    f"{self.file}:{self.line + exc.lineno - 1}: invalid JSON ({exc.msg}{column})"
                 ) from None
             except RecursionError:
-                raise UsageError(f"{file}: JSON nested too deeply to be a data record") from None
-            origin = f"{file} record {index}"
-            yield origin, _as_record(record, origin)
-            line += buffer.count("\n", 0, end)
-            buffer, index, expect = buffer[end:], index + 1, ","
+                raise UsageError(f"{self.file}: JSON nested too deeply to be a data record") from None
+            self.take(end)
+            return record
 
 
 def _jsonl_records(file: Path, handle) -> Iterator[tuple[str, dict[str, Any]]]:
