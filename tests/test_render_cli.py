@@ -79,7 +79,7 @@ def test_render_by_family_needs_no_tokenizer_and_imports_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     first = json.loads(result.stdout.splitlines()[0])
     assert first["text"].startswith("[gMASK]<sop><|system|>Reasoning Effort: Max<|user|>Hi<|assistant|>")
-    assert first["trained"] == ["Hello!<|user|>"]
+    assert first["trained"] == ["</think>Hello!<|user|>"]  # the prompt writes <think>; the model closes it
 
 
 def test_render_ids_come_from_the_folders_tokenizer(tmp_path):

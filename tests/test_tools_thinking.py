@@ -5,7 +5,6 @@ each family's reply parser round-tripping its own rendered turns."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 
 import pytest
@@ -193,20 +192,16 @@ def xml_tokenizer():
 
 
 def _own_text(family, messages, options) -> str:
-    """The rule, applied to text: the last assistant turn's own text is what follows its role tag, minus an empty
-    think block and minus the `<think>` a generation prompt writes; then the token that ends the turn."""
+    """The rule, applied to text: the last assistant turn's own text is what follows its role tag minus what the
+    generation prompt writes (GLM-4.7+'s `<think>`), an empty think block included; then the token that ends the
+    turn."""
     pieces = family.layout(messages, options)
     text = "".join(p.text for p in pieces if not p.appended)
     own = text.rsplit("<|assistant|>", 1)[1]
-    empty = re.match(r"\n?<think>\s*</think>|</think>", own)  # an empty (or blank) think block
-    if empty:
-        own = own[empty.end() :]
-    else:
-        prompt = "".join(
-            p.text for p in family.layout(messages[:-1], replace(options, add_generation_prompt=True))
-        )
-        own = own.removeprefix(prompt.rsplit("<|assistant|>", 1)[1])
-    return own + pieces[-1].text
+    prompt = "".join(
+        p.text for p in family.layout(messages[:-1], replace(options, add_generation_prompt=True))
+    )
+    return own.removeprefix(prompt.rsplit("<|assistant|>", 1)[1]) + pieces[-1].text
 
 
 TRAINABLE = [n for n, (m, _) in CONVERSATIONS.items() if m[-1].role == "assistant"]
@@ -232,13 +227,24 @@ def test_mask_covers_the_assistants_own_tokens_and_its_turn_end(xml_tokenizer, n
 
 
 @pytest.mark.parametrize("name", NEW_FAMILIES)
-def test_empty_think_blocks_and_the_prompts_think_are_never_trained(xml_tokenizer, name):
+def test_an_answers_empty_think_block_is_trained_after_the_prompt_and_never_in_history(xml_tokenizer, name):
+    """Thinking on, the model writes the empty block of an answer without reasoning after the generation prompt
+    (GLM-4.7+'s prompt writes its `<think>`): trained, so a tuned model learns to close it. History's is not."""
     family = get_family(name)
     messages, _ = CONVERSATIONS["history_plain"]
     rendered = render_conversation(messages, family, xml_tokenizer)
     trained = xml_tokenizer.decode([i for i, m in zip(rendered.ids, rendered.mask, strict=True) if m])
-    assert "think>" not in trained
-    assert trained == ("\na1<|user|>\na2<|user|>" if name == "glm4_5" else "a1<|user|>a2<|user|>")
+    expected = (
+        "\na1<|user|>\n<think></think>\na2<|user|>" if name == "glm4_5" else "a1<|user|></think>a2<|user|>"
+    )
+    assert trained == expected
+    # thinking off, the generation prompt writes the whole block: nothing of it is trained (GLM-5.3 always thinks)
+    if name != "glm5_3":
+        off = render_conversation(
+            messages, family, xml_tokenizer, options=RenderOptions(enable_thinking=False)
+        )
+        trained_off = xml_tokenizer.decode([i for i, m in zip(off.ids, off.mask, strict=True) if m])
+        assert "think>" not in trained_off
     messages, _ = CONVERSATIONS["reasoning_field"]
     rendered = render_conversation(messages, family, xml_tokenizer)
     trained = xml_tokenizer.decode([i for i, m in zip(rendered.ids, rendered.mask, strict=True) if m])

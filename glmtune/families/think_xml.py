@@ -7,8 +7,10 @@ the generation prompt, whether reasoning is stripped, how tools are listed and a
 
 What is trained (the model's own tokens and the token that ends its turn): in an assistant turn the reasoning with
 its `</think>`, the content, the calls, and the next `<|user|>`/`<|observation|>` (appended after the last turn);
-never the role tag, never an empty think block (`<think></think>`, a bare `</think>`), never the `<think>` the
-generation prompt writes (GLM-4.7 and later open the reply with it; GLM-4.5's model writes `\\n<think>` itself).
+never the role tag, never the `<think>` the generation prompt writes (GLM-4.7 and later open the reply with it;
+GLM-4.5's model writes `\\n<think>` itself). An answer without reasoning after the last user message, thinking on,
+trains the rest of its empty think block (its `</think>`): the model must learn to close an empty thought; empty
+blocks of history turns, and every block with thinking off (the generation prompt then writes it), are not trained.
 """
 
 from __future__ import annotations
@@ -237,13 +239,25 @@ def _assistant(
             Piece(text, train=True),
             Piece("</think>", special=True, train=True),
         ]
-    else:  # an empty (or whitespace) think block, or the hidden form: never trained
+    else:  # an empty (or whitespace) think block, or the hidden form
         pieces = _tagged(nl + (f"<think>{text}</think>" if shown else fmt.hidden_think))
+        if recent and options.enable_thinking:
+            pieces = _written_after_prompt(fmt, pieces)
     if content.strip():
         pieces.append(Piece(nl + content.strip(), train=True))
     for call in message.tool_calls:
         pieces += [Piece(p.text, p.special, train=True) for p in _tagged(call_text(fmt, call))]
     return [Piece(p.text, p.special, p.train, index if p.train else -1) for p in pieces]
+
+
+def _written_after_prompt(fmt: ThinkXmlFormat, pieces: list[Piece]) -> list[Piece]:
+    """A recent turn's empty think block with thinking on: the model writes it after the generation prompt (which
+    may open it with `<think>`), so that part is trained and the model learns to close an empty thought; trained
+    nowhere, a tuned model would think on (or never stop thinking) where its data answered directly. As
+    LLaMA-Factory's ReasoningTemplate with enable_thinking; in past turns the block is history, untrained."""
+    opened = _tagged(fmt.prompt_think[0])
+    skip = len(opened) if [p.text for p in pieces[: len(opened)]] == [p.text for p in opened] else 0
+    return pieces[:skip] + [replace(p, train=True) for p in pieces[skip:]]
 
 
 def split_reasoning(fmt: ThinkXmlFormat, message: Message) -> tuple[str | None, str]:
