@@ -1,5 +1,6 @@
-"""MoE architectures (glm4_moe, glm4_moe_lite, glm_moe_dsa): which weights LoRA adapts (the coverage table, counted
-from the model), and LoRA and full fine-tuning that train, export (reloaded logits verified) and chat."""
+"""MoE architectures (glm4_moe, glm4_moe_lite, glm_moe_dsa, glm5_next): which weights LoRA adapts (the coverage
+table, counted from the model), and LoRA and full fine-tuning that train, export (reloaded logits verified) and
+chat."""
 
 import json
 from collections import Counter
@@ -20,7 +21,7 @@ from glmtune.training.lora import base_name, coverage_rows, group_of, resolve_ta
 from glmtune.training.method import apply_method
 from glmtune.training.train import train
 
-MOE_TINY = ["tiny-glm4-moe", "tiny-glm4.5", "tiny-glm4.7-flash", "tiny-glm5.1", "tiny-glm5.2"]
+MOE_TINY = ["tiny-glm4-moe", "tiny-glm4.5", "tiny-glm4.7-flash", "tiny-glm5.1", "tiny-glm5.2", "tiny-glm5.3-flash"]
 
 
 def recipe_for(tmp_path, name, *overrides):
@@ -47,20 +48,37 @@ def test_coverage_table_equals_a_count_from_the_model(tmp_path, name, experts):
     recipe = recipe_for(tmp_path, name, f"lora.experts={str(experts).lower()}")
     base = load_model(builtin_path(name))
     targets = resolve_targets(base, family, "auto", experts)
+    attention = attention_linears(base)  # before peft wraps them
     model = apply_method(base, recipe, family, quiet=True)
     rows = {row[0]: (int(row[2]), int(row[4].replace(",", ""))) for row in coverage_rows(model, targets)}
     counted = count_from_model(model)
     assert {g: v for g, v in rows.items() if v != (0, 0)} == counted
-    layers = model.config.num_hidden_layers
-    dense, sparse = model.config.first_k_dense_replace, layers - model.config.first_k_dense_replace
+    config = model.config.get_text_config()
+    dense = dense_layers(config)
+    sparse = config.num_hidden_layers - dense
     assert counted["dense MLP"][0] == 3 * dense  # the dense first layers' gate/up/down_proj
     assert counted["shared experts"][0] == 3 * sparse  # the shared experts' gate/up/down_proj
     assert counted.get("routed experts", (0, 0))[0] == (
         2 * sparse if experts else 0
     )  # gate_up_proj, down_proj
-    assert "router" not in counted and "other" not in counted
-    per_layer = len(family.lora_targets[model.config.model_type]) - 3  # attention leaves
-    assert counted["attention"][0] == per_layer * layers
+    assert "router" not in counted and "other" not in counted and "vision" not in counted
+    attention_leaves = set(family.lora_targets[model.config.model_type]) - {"gate_proj", "up_proj", "down_proj"}
+    assert counted["attention"][0] == sum(len(attention_leaves & leaves) for leaves in attention)
+
+
+def dense_layers(config) -> int:
+    """How many layers have a dense MLP: the first `first_k_dense_replace`, or as `mlp_layer_types` lists them."""
+    types = getattr(config, "mlp_layer_types", None)
+    return types.count("dense") if types else config.first_k_dense_replace
+
+
+def attention_linears(model) -> list[set[str]]:
+    """Per decoder layer, the leaf names of its attention's own linear layers (not the DSA indexer's)."""
+    layers = model.get_decoder().layers
+    return [
+        {name for name, module in layer.self_attn.named_children() if isinstance(module, torch.nn.Linear)}
+        for layer in layers
+    ]
 
 
 def test_dry_run_prints_the_coverage_table(tmp_path):
