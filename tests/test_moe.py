@@ -23,7 +23,14 @@ from glmtune.training.lora import base_name, coverage_rows, group_of, resolve_ta
 from glmtune.training.method import apply_method
 from glmtune.training.train import train
 
-MOE_TINY = ["tiny-glm4-moe", "tiny-glm4.5", "tiny-glm4.7-flash", "tiny-glm5.1", "tiny-glm5.2", "tiny-glm5.3-flash"]
+MOE_TINY = [
+    "tiny-glm4-moe",
+    "tiny-glm4.5",
+    "tiny-glm4.7-flash",
+    "tiny-glm5.1",
+    "tiny-glm5.2",
+    "tiny-glm5.3-flash",
+]
 
 
 def recipe_for(tmp_path, name, *overrides):
@@ -64,7 +71,11 @@ def test_coverage_table_equals_a_count_from_the_model(tmp_path, name, experts):
         2 * sparse if experts else 0
     )  # gate_up_proj, down_proj
     assert "router" not in counted and "other" not in counted and "vision" not in counted
-    attention_leaves = set(family.lora_targets[model.config.model_type]) - {"gate_proj", "up_proj", "down_proj"}
+    attention_leaves = set(family.lora_targets[model.config.model_type]) - {
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert counted["attention"][0] == sum(len(attention_leaves & leaves) for leaves in attention)
 
 
@@ -105,7 +116,9 @@ def test_experts_opt_in_is_refused_on_a_dense_model(tmp_path):
 def lora_export_chat(tmp_path, capsys, name, *overrides):
     """LoRA on every group (experts too): loss falls, adapters where the table says, the export reloads with
     verified logits, drops the MTP layer count deliberately (where the base config has one), and chats."""
-    run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "lora.experts=true", "train.max_steps=6", *overrides))
+    run_dir = train(
+        tiny_recipe(tmp_path, f"builtin:{name}", "lora.experts=true", "train.max_steps=6", *overrides)
+    )
     run = json.loads((run_dir / "run.json").read_text())
     assert run["summary"]["last_loss"] < run["summary"]["first_loss"]
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
@@ -149,7 +162,9 @@ def test_tiny_glm5_3_flash_trains_exports_and_generates_with_plain_transformers(
     tokens after the trained answer."""
     family, _ = tiny_specs()["tiny-glm5.3-flash"]
     out = lora_export_chat(tmp_path, capsys, "tiny-glm5.3-flash", "train.max_steps=30")
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["Glm5NextForConditionalGeneration"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "Glm5NextForConditionalGeneration"
+    ]
     assert family.auto_class in (out / "README.md").read_text()
     result = subprocess.run([sys.executable, "-c", FRESH_GENERATE, str(out), family.auto_class],
                             capture_output=True, text=True, cwd="/")  # fmt: skip

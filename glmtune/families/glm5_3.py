@@ -79,6 +79,11 @@ TINY_CONFIG = {
     "swiglu_limit": 10.0,
     "rms_norm_eps": 1e-05,
     "attention_bias": False,
+    "attention_dropout": 0.0,
+    "hc_eps": 1e-06,
+    "output_router_logits": False,
+    "router_aux_loss_coef": 0.001,
+    "use_cache": True,
     "vision_config": {
         "depth": 1,
         "hidden_size": 32,
