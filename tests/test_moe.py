@@ -182,13 +182,19 @@ def test_release_tiny_lora_trains_exports_and_chats(tmp_path, capsys, name):
     lora_export_chat(tmp_path, capsys, name)
 
 
-@pytest.mark.parametrize("name", ["tiny-glm5.1"])
+@pytest.mark.parametrize("name", ["tiny-glm5.1", "tiny-glm5.3-flash"])
 def test_release_tiny_full_fine_tuning_exports(tmp_path, name):
     run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "method.kind='full'", "train.max_steps=3"))
-    assert json.loads((run_dir / "run.json").read_text())["weights"] == "model"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["weights"] == "model" and run["summary"]["last_loss"] < run["summary"]["first_loss"]
     out = export_run(run_dir, tmp_path / "export")
     merged = load_file(out / "model.safetensors")
     assert any(".experts." in key for key in merged) and all(torch.isfinite(t).all() for t in merged.values())
+    base = load_file(builtin_path(name) / "model.safetensors")
+    vision = [key for key in base if ".visual." in key]
+    assert all(torch.equal(merged[key], base[key]) for key in vision)  # text-only training: the tower is kept
+    embeddings = next(key for key in base if "embed_tokens" in key)
+    assert not torch.equal(merged[embeddings], base[embeddings])  # while the text model trained
 
 
 def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
