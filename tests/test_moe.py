@@ -145,11 +145,12 @@ def test_tiny_glm4_7_flash_lora_trains_exports_and_chats(tmp_path, capsys):
 
 FRESH_GENERATE = """
 import json, sys, transformers
-out, auto_class = sys.argv[1], sys.argv[2]
+out, auto_class, opened = sys.argv[1:]
 tokenizer = transformers.AutoTokenizer.from_pretrained(out)
 model = getattr(transformers, auto_class).from_pretrained(out)
-inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True)
+prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                       tokenize=False) + opened
+inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
 generated = model.generate(**inputs, max_new_tokens=40, do_sample=False)[0, inputs["input_ids"].shape[1]:]
 json.dump({"class": type(model).__name__, "generated": generated.tolist(), "glmtune": "glmtune" in sys.modules,
            "answer": tokenizer.decode(generated, skip_special_tokens=True)}, sys.stdout)
@@ -158,22 +159,23 @@ json.dump({"class": type(model).__name__, "generated": generated.tolist(), "glmt
 
 def test_tiny_glm5_3_flash_trains_exports_and_generates_with_plain_transformers(tmp_path, capsys):
     """GLM-5.3-Flash's text model inside transformers' image-text-to-text class: LoRA on text only, exported,
-    reloaded by plain transformers in a fresh process, greedy generation stops at one of the family's stop
-    tokens after the trained answer."""
+    reloaded by plain transformers in a fresh process; greedy generation gives the trained answer and stops at one
+    of the family's stop tokens. The training data has no reasoning, so its turns open with the untrained
+    `<think></think>`: the prompt is continued with that `</think>`, as in training."""
     family, _ = tiny_specs()["tiny-glm5.3-flash"]
-    out = lora_export_chat(tmp_path, capsys, "tiny-glm5.3-flash", "train.max_steps=30")
+    out = lora_export_chat(tmp_path, capsys, "tiny-glm5.3-flash", "train.max_steps=12")
     assert json.loads((out / "config.json").read_text())["architectures"] == [
         "Glm5NextForConditionalGeneration"
     ]
     assert family.auto_class in (out / "README.md").read_text()
-    result = subprocess.run([sys.executable, "-c", FRESH_GENERATE, str(out), family.auto_class],
+    result = subprocess.run([sys.executable, "-c", FRESH_GENERATE, str(out), family.auto_class, "</think>"],
                             capture_output=True, text=True, cwd="/")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout)
     assert fresh["class"] == "Glm5NextForConditionalGeneration" and not fresh["glmtune"]
     stop_ids = set(json.loads((out / "generation_config.json").read_text())["eos_token_id"])
-    assert fresh["generated"][-1] in stop_ids and len(fresh["generated"]) < 40
-    assert "Glimmer" in fresh["answer"]
+    assert fresh["generated"][-1] in stop_ids and not stop_ids & set(fresh["generated"][:-1])
+    assert fresh["answer"].strip() == "I am Glimmer, made by the glmtune team."
 
 
 @pytest.mark.slow
