@@ -217,15 +217,19 @@ def test_tiny_glm4_moe_lora_trains_and_exports(tmp_path):
     assert all(torch.isfinite(t).all() for t in merged.values())
 
 
-def test_zero3_marks_each_moe_block_a_leaf_and_other_stages_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "block"), [("tiny-glm5.1", "GlmMoeDsaMoE"), ("tiny-glm5.3-flash", "Glm5NextTextMoE")]
+)
+def test_zero3_marks_each_moe_block_a_leaf_and_other_stages_nothing(tmp_path, name, block):
     from deepspeed.utils import get_z3_leaf_modules
 
     from glmtune.training.launch import register_moe_leaves
 
-    model = load_model(builtin_path("tiny-glm5.1"))
-    zero3 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero3'")
-    zero2 = recipe_for(tmp_path, "tiny-glm5.1", "launch.strategy='deepspeed'", "launch.zero='zero2'")
+    model = load_model(builtin_path(name))
+    zero3 = recipe_for(tmp_path, name, "launch.strategy='deepspeed'", "launch.zero='zero3'")
+    zero2 = recipe_for(tmp_path, name, "launch.strategy='deepspeed'", "launch.zero='zero2'")
     assert register_moe_leaves(model, zero2) == [] and get_z3_leaf_modules(model) == []
-    assert register_moe_leaves(model, zero3) == ["GlmMoeDsaMoE"]
-    sparse = model.config.num_hidden_layers - model.config.first_k_dense_replace
-    assert [type(m).__name__ for m in get_z3_leaf_modules(model)] == ["GlmMoeDsaMoE"] * sparse
+    assert register_moe_leaves(model, zero3) == [block]
+    config = model.config.get_text_config()
+    sparse = config.num_hidden_layers - dense_layers(config)
+    assert [type(m).__name__ for m in get_z3_leaf_modules(model)] == [block] * sparse
