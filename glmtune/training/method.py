@@ -3,7 +3,7 @@ fine-tuning.
 
 `apply_method` wraps a model (loaded, or weightless on the meta device for the dry run) and reports what trains:
 for LoRA, the coverage table (module group x weights adapted x parameters). Training is text-only: a vision tower
-beside the text model (GLM-5.3-Flash's class) never trains.
+beside the text model (an image-text-to-text class) never trains.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def freeze_vision_tower(model) -> int:
     for name, parameter in model.named_parameters():
         if group_of(name) == "vision" and parameter.requires_grad:
             parameter.requires_grad_(False)
-            frozen += parameter.numel()
+            frozen += getattr(parameter, "ds_numel", parameter.numel())
     return frozen
 
 
