@@ -4,8 +4,8 @@ The family names the layers to adapt per architecture (leaf names such as `q_pro
 they resolve here to the full names of the model's `nn.Linear` modules, so attention, the dense MLP of the first
 layers and the shared experts are each hit where they are. The routed experts of an MoE are fused 3-D tensors
 (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), adapted only when the recipe asks (`[lora] experts`), through
-peft's `target_parameters`. The router is never adapted. Only the text model is searched: a model that ships a
-vision tower beside it (an image-text-to-text class, trained on text) keeps the tower frozen and unadapted.
+peft's `target_parameters`. The router is never adapted, nor a vision tower that ships beside the text model (an
+image-text-to-text class trained on text: its modules are never searched for targets).
 """
 
 from __future__ import annotations
@@ -82,11 +82,10 @@ def resolve_targets(model, family: Family, requested: list[str] | str, experts: 
 
 def fused_expert_tensors(model) -> list[str]:
     """The routed experts' fused 3-D parameters (transformers 5 stores every expert of a layer in one tensor)."""
-    prefix = _text_model_prefix(model)
     return [
         name
         for name, parameter in model.named_parameters()
-        if _ndim(parameter) == 3 and "experts" in name and name.startswith(prefix)
+        if _ndim(parameter) == 3 and "experts" in name and group_of(name) != "vision"
     ]
 
 
@@ -121,24 +120,15 @@ def base_name(name: str) -> str:
 
 
 def _linear_modules(model) -> Iterable[str]:
-    """Full names of the text model's linear layers."""
+    """Full names of the linear layers outside a vision tower."""
     import torch
 
-    prefix = _text_model_prefix(model)
     return [
         name
         for name, module in model.named_modules()
-        if name.startswith(prefix)
-        and (isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR)
+        if (isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR)
+        and group_of(name) != "vision"
     ]
-
-
-def _text_model_prefix(model) -> str:
-    """The name prefix of the text model inside `model` (transformers' `get_decoder`): "model.language_model." for
-    an image-text-to-text class, "model." for a causal LM; "" when it cannot be found (the whole model)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    name = next((name for name, module in model.named_modules() if module is decoder), "")
-    return f"{name}." if name else ""
 
 
 def _ndim(parameter) -> int:
