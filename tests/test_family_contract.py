@@ -23,7 +23,15 @@ from glmtune.checkpoints.load import load_config, load_tokenizer
 from glmtune.checkpoints.tiny import builtin_path
 from glmtune.data.render import render_conversation, special_token_id, stop_token_ids
 from glmtune.errors import UsageError
-from glmtune.families import REGISTRY, FolderFacts, Message, candidates, detect_family, tiny_specs
+from glmtune.families import (
+    REGISTRY,
+    FolderFacts,
+    Message,
+    auto_model_class,
+    candidates,
+    detect_family,
+    tiny_specs,
+)
 from glmtune.families.base import RenderOptions
 from glmtune.training.method import lora_target_modules
 
@@ -133,12 +141,11 @@ def test_special_and_stop_tokens_resolve_by_name(name):
 @pytest.mark.parametrize("name", TINY)
 def test_lora_targets_match_modules_of_the_model(name):
     import torch
-    from transformers import AutoModelForCausalLM
 
     family, folder, _ = tiny(name)
     config = load_config(folder, family=family)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = auto_model_class(config.model_type).from_config(config)
     assert model.config.model_type in family.lora_targets
     targets = lora_target_modules(model, family, "auto")
     assert targets == list(family.lora_targets[model.config.model_type])
@@ -154,10 +161,8 @@ def test_detection_round_trips_the_tiny_folder(name):
 def test_every_family_is_under_contract():
     covered = {family.name for family, _ in tiny_specs().values()}
     # ChatGLM-6B v1 has no builtin tiny model: its contract runs on the official tokenizer in
-    # test_chatglm6b_family.py (skipped without ../shared). GLM-5.3-Flash (glm5_next) has none yet: transformers
-    # ships it only as an image-text-to-text model (no causal-LM class for its text model), which glmtune does not
-    # load; its contract runs against the official template in test_releases.py.
-    assert covered == set(REGISTRY) - {"chatglm", "glm5_3"}
+    # test_chatglm6b_family.py (skipped without ../shared).
+    assert covered == set(REGISTRY) - {"chatglm"}
 
 
 def copy_folder(name: str, target, **config_changes):

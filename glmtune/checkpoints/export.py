@@ -291,4 +291,5 @@ def model_card(run: dict[str, Any], family: Family, base_class: str, dtype: str,
         transformers_version=transformers.__version__,
         compatibility=compatibility,
         trust=", trust_remote_code=True" if remote else "",
+        auto_class=family.auto_class,
     )

@@ -16,7 +16,14 @@ from typing import Any
 
 from glmtune.checkpoints.integrity import check_model_folder, loading, trained_run
 from glmtune.errors import UsageError
-from glmtune.families import Family, detect_family, get_family, register_architectures
+from glmtune.families import (
+    Family,
+    auto_model_class,
+    detect_family,
+    get_family,
+    read_json,
+    register_architectures,
+)
 from glmtune.recipe import ModelSection
 from glmtune.rundir import is_run_dir, read_run
 
@@ -47,11 +54,11 @@ class Base:
     def meta_model(self):
         """The architecture without weights (meta device): counting parameters of a 9B model costs nothing."""
         import torch
-        from transformers import AutoModelForCausalLM
 
         config = load_config(self.path, self.trust_remote_code, self.family)
+        auto_class = auto_model_class(config.model_type)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code)
+            return auto_class.from_config(config, trust_remote_code=self.trust_remote_code)
 
 
 def open_base(model: ModelSection) -> Base:
@@ -129,10 +136,10 @@ def load_model(
     quantization_config: Any = None,
     family: Family | None = None,
 ):
-    """A causal LM from a local folder. An original-layout folder loads through its family's weight layout (default
-    family: detected), mapped in memory, so its remote code is never needed (trust_remote_code is not used for it)."""
-    from transformers import AutoModelForCausalLM
-
+    """A model that generates text, from a local folder, built by the Auto class of the family its model_type
+    belongs to (a causal LM for most). An original-layout folder loads through its family's weight
+    layout (default family: detected), mapped in memory, so its remote code is never needed (trust_remote_code is
+    not used for it)."""
     from glmtune.checkpoints.original import is_original_folder, load_original_model
 
     if is_original_folder(folder):
@@ -150,8 +157,9 @@ def load_model(
             f"{folder}: no .safetensors weights; pickled .bin weights load only with model.allow_pickle = true "
             "(only do that for files you trust)"
         )
+    auto_class = auto_model_class(str(read_json(folder / "config.json").get("model_type")))
     with loading(folder, "model"):
-        return AutoModelForCausalLM.from_pretrained(
+        return auto_class.from_pretrained(
             folder,
             dtype=torch_dtype(dtype),
             trust_remote_code=trust_remote_code,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from glmtune.errors import UsageError
-from glmtune.families import Family, TinySpec, tiny_specs
+from glmtune.families import Family, TinySpec, auto_model_class, tiny_specs
 
 BUILD_VERSION = "4"  # bump when the recipe below changes, so stale caches are rebuilt
 HEAD_SCALE = (
@@ -114,7 +114,7 @@ def train_tiny_tokenizer(family: Family, spec: TinySpec, vocab_size: int = 2048)
 def build_tiny_model(family: Family, spec: TinySpec, folder: Path, seed: int = 0) -> None:
     """Write a tiny random native checkpoint (safetensors, tokenizer, generation config) into `folder`."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
     tokenizer = train_tiny_tokenizer(family, spec)
     stop_ids = tokenizer.convert_tokens_to_ids(list(family.stop_tokens))
@@ -127,7 +127,7 @@ def build_tiny_model(family: Family, spec: TinySpec, folder: Path, seed: int = 0
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = auto_model_class(spec.model_type).from_config(config, dtype=torch.float32)
     _confident_head(model, len(tokenizer))
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(folder)

@@ -117,6 +117,22 @@ def tiny_specs() -> dict[str, tuple[Family, TinySpec]]:
     return {spec.name: (family, spec) for family in REGISTRY.values() for spec in family.tiny}
 
 
+def auto_class_for(model_type: str) -> str:
+    """The name of the transformers Auto class that builds a model of `model_type`: the auto_class of the family
+    whose folders have it, else the causal-LM class."""
+    for family in REGISTRY.values():
+        if any(model_type in signature.model_types for signature in family.detection):
+            return family.auto_class
+    return Family.auto_class
+
+
+def auto_model_class(model_type: str):
+    """The transformers Auto class itself (see `auto_class_for`)."""
+    import transformers
+
+    return getattr(transformers, auto_class_for(model_type))
+
+
 def register_architectures() -> None:
     """Make every family's own architectures known to the Auto classes (safe to call again)."""
     for family in REGISTRY.values():

@@ -232,6 +232,9 @@ class Family:
     chat_template: str  # Jinja equivalent of `layout`, for tokenizers that ship without one
     detection: tuple[Signature, ...] = ()  # the folders this family recognises (any signature)
     lora_targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # by model_type
+    # the transformers Auto class that builds a model of this family's folders (its text-only training and
+    # generation go through that class's forward); most GLM releases are causal LMs
+    auto_class: str = "AutoModelForCausalLM"
     turn_end_note: str = ""  # documentation: which token ends an assistant turn in training
     original: OriginalLayout | None = None  # the original remote-code layout, when the family has one
     tiny: tuple[TinySpec, ...] = ()  # its builtin tiny checkpoints

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature
+from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
+from glmtune.families.glm4 import SPLIT_PATTERN
 from glmtune.families.glm4_7 import MLA_TARGETS
 
 FORMAT = think_xml.ThinkXmlFormat(
@@ -30,6 +31,76 @@ FORMAT = think_xml.ThinkXmlFormat(
     effort_system=True,
     effort_needs_thinking=False,
     has_thinking_switch=False,
+)
+
+# transformers ships `glm5_next` only as Glm5NextForConditionalGeneration: a vision tower and the text model, built
+# by AutoModelForImageTextToText. glmtune trains and generates text through it (input_ids in, logits out); the
+# vision tower stays frozen and unadapted. Its layers alternate two attention kinds: KDA linear attention
+# (`q/k/v_proj`, gates, a short convolution) and MLA with the DSA indexer (NoPE: no rotary dims), both adapted.
+AUTO_CLASS = "AutoModelForImageTextToText"
+LINEAR_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj")
+TARGETS = LINEAR_ATTENTION_TARGETS + MLA_TARGETS
+# No config.json of GLM-5.3-Flash was found; this scales down transformers 5.24's Glm5NextTextConfig defaults (its
+# "GLM-5.3-Flash style" configuration, which the flat text-only checkpoints fill at the top level, as here): every
+# switch as shipped (hyper-connections hc_mult 4, KDA linear attention, DSA indexer with key pooling, sigmoid MoE
+# with a shared expert, SwiGLU clamp), sizes shrunk. 2 layers where the default schedule has 45: one dense KDA
+# layer, one MoE MLA+indexer layer, so each layer kind runs. The vision tower is the smallest that builds (1 block,
+# width 32); its output width is the text width, as a real one would be.
+TINY_CONFIG = {
+    "layer_types": ["linear_attention", "indexed_attention"],
+    "mlp_layer_types": ["dense", "sparse"],
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": 128,
+    "routed_scaling_factor": 2.5,
+    "n_group": 1,
+    "topk_group": 1,
+    "norm_topk_prob": True,
+    "hidden_act": "silu",
+    "q_lora_rank": 96,
+    "kv_lora_rank": 64,
+    "qk_nope_head_dim": 64,
+    "qk_rope_head_dim": 0,
+    "v_head_dim": 64,
+    "index_topk": 16,
+    "index_head_dim": 32,
+    "index_n_heads": 2,
+    "index_kpool": 4,
+    "index_kpool_always_select_tail": True,
+    "linear_num_heads": 4,
+    "linear_head_dim": 64,
+    "linear_conv_kernel_dim": 4,
+    "linear_lower_bound": -5.0,
+    "hc_mult": 4,
+    "hc_sinkhorn_iters": 20,
+    "swiglu_limit": 10.0,
+    "rms_norm_eps": 1e-05,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "hc_eps": 1e-06,
+    "output_router_logits": False,
+    "router_aux_loss_coef": 0.001,
+    "use_cache": True,
+    "vision_config": {
+        "depth": 1,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "projection_intermediate_size": 64,
+        "out_hidden_size": 256,
+    },
+}
+TINY = (
+    TinySpec(
+        "tiny-glm5.3-flash",
+        "native",
+        model_type="glm5_next",
+        config=TINY_CONFIG,
+        split_pattern=SPLIT_PATTERN,
+    ),
 )
 
 CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
@@ -56,8 +127,12 @@ FAMILY = Family(
             template_lacks=("enable_thinking",),
         ),
     ),
-    lora_targets={"glm5_next": MLA_TARGETS},
+    lora_targets={"glm5_next": TARGETS},
+    auto_class=AUTO_CLASS,
     turn_end_note=think_xml.TURN_END_NOTE,
+    tiny=TINY,
+    cannot_pack="its KDA linear-attention layers carry a recurrent state along the whole row, and its attention "
+    "takes a padding mask only, so packed samples would read each other",
     parse_reply=think_xml.parse_reply,
     partial_reply=think_xml.partial_reply,
     vllm_tool_parser="glm47",

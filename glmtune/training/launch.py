@@ -246,9 +246,9 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
         / (processes if stage >= 1 else 1)
         * (0 if offloaded(ds_config, "optimizer") else 1)
     )
-    activations = _activation_bytes(config, recipe, width)
+    activations = _activation_bytes(config.get_text_config(), recipe, width)
     loss = resolve_loss(recipe.train.loss, config.model_type, stage)
-    logits = logits_bytes(config, recipe, width, loss)
+    logits = logits_bytes(config.get_text_config(), recipe, width, loss)
     parts = {
         "weights": weights,
         "gradients": gradients,
@@ -259,7 +259,9 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     estimate = {name: value / GIB for name, value in parts.items()}
     estimate["total"] = sum(estimate.values()) * 1.1  # allocator fragmentation and CUDA context
     if loss != "plain":
-        estimate["saved against full logits"] = (logits_bytes(config, recipe, width, "plain") - logits) / GIB
+        estimate["saved against full logits"] = (
+            logits_bytes(config.get_text_config(), recipe, width, "plain") - logits
+        ) / GIB
     return estimate
 
 

@@ -4,7 +4,8 @@ The family names the layers to adapt per architecture (leaf names such as `q_pro
 they resolve here to the full names of the model's `nn.Linear` modules, so attention, the dense MLP of the first
 layers and the shared experts are each hit where they are. The routed experts of an MoE are fused 3-D tensors
 (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), adapted only when the recipe asks (`[lora] experts`), through
-peft's `target_parameters`. The router is never adapted.
+peft's `target_parameters`. The router is never adapted, nor a vision tower that ships beside the text model (an
+image-text-to-text class trained on text: its modules are never searched for targets).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from glmtune.errors import UsageError
 from glmtune.families import Family
 
 QUANTIZED_LINEAR = ("Linear8bitLt", "Linear4bit")  # bitsandbytes' layers, which LoRA wraps like nn.Linear
-GROUPS = ("attention", "dense MLP", "shared experts", "routed experts", "router", "other")
+GROUPS = ("attention", "dense MLP", "shared experts", "routed experts", "router", "vision", "other")
+VISION_TOWERS = ("visual", "vision_tower", "vision_model")  # transformers' names for a vision encoder
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class LoraTargets:
 def group_of(name: str) -> str:
     """The module group of a parameter or module path, by transformers' GLM naming (no family asked)."""
     parts = name.split(".")
+    if any(part in VISION_TOWERS for part in parts):
+        return "vision"
     if "experts" in parts:
         return "routed experts"
     if "shared_experts" in parts:
@@ -79,7 +83,9 @@ def resolve_targets(model, family: Family, requested: list[str] | str, experts: 
 def fused_expert_tensors(model) -> list[str]:
     """The routed experts' fused 3-D parameters (transformers 5 stores every expert of a layer in one tensor)."""
     return [
-        name for name, parameter in model.named_parameters() if _ndim(parameter) == 3 and "experts" in name
+        name
+        for name, parameter in model.named_parameters()
+        if _ndim(parameter) == 3 and "experts" in name and group_of(name) != "vision"
     ]
 
 
@@ -114,12 +120,14 @@ def base_name(name: str) -> str:
 
 
 def _linear_modules(model) -> Iterable[str]:
+    """Full names of the linear layers outside a vision tower."""
     import torch
 
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR
+        if (isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR)
+        and group_of(name) != "vision"
     ]
 
 

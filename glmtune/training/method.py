@@ -2,7 +2,8 @@
 fine-tuning.
 
 `apply_method` wraps a model (loaded, or weightless on the meta device for the dry run) and reports what trains:
-for LoRA, the coverage table (module group x weights adapted x parameters).
+for LoRA, the coverage table (module group x weights adapted x parameters). Training is text-only: a vision tower
+beside the text model (an image-text-to-text class) never trains.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from glmtune.checkpoints.load import exact_lora_targets
 from glmtune.console import term
 from glmtune.families import Family
 from glmtune.recipe import Recipe
-from glmtune.training.lora import COVERAGE_COLUMNS, coverage_rows, lora_target_modules, resolve_targets
+from glmtune.training.lora import (
+    COVERAGE_COLUMNS,
+    coverage_rows,
+    group_of,
+    lora_target_modules,
+    resolve_targets,
+)
 
 __all__ = ["apply_method", "count_parameters", "lora_target_modules"]
 
@@ -23,8 +30,12 @@ def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
 
     torch.manual_seed(recipe.run.seed)  # LoRA's initialisation is part of the run's reproducibility
     if recipe.method.kind == "full":
+        frozen = freeze_vision_tower(model)
         if not quiet:
-            term.step(f"full fine-tuning: {count_parameters(model, trainable=True):,} trainable parameters")
+            vision = f" (vision tower frozen: {frozen:,})" if frozen else ""
+            term.step(
+                f"full fine-tuning: {count_parameters(model, trainable=True):,} trainable parameters{vision}"
+            )
         return model
     targets = resolve_targets(model, family, recipe.lora.targets, recipe.lora.experts)
     config = LoraConfig(
@@ -45,6 +56,17 @@ def apply_method(model, recipe: Recipe, family: Family, quiet: bool = False):
         )
         term.table("LoRA coverage", COVERAGE_COLUMNS, coverage_rows(model, targets))
     return model
+
+
+def freeze_vision_tower(model) -> int:
+    """Text-only training leaves a vision tower as it was (no gradient reaches it, but weight decay would still
+    shrink it); returns how many parameters were frozen."""
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if group_of(name) == "vision" and parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen += getattr(parameter, "ds_numel", parameter.numel())
+    return frozen
 
 
 def count_parameters(model, trainable: bool = False) -> int:
