@@ -72,7 +72,7 @@ def _setup() -> dict[str, Any]:
 
     from glmtune.checkpoints.load import open_base
     from glmtune.data.prepare import prepare_data
-    from glmtune.recipe import recipe_from_dict
+    from glmtune.recipe_files import recipe_from_dict
 
     mixed = {"train": [str(DATA)], "mix": {DATA.stem: {"weight": COPIES}}, "max_length": MAX_LENGTH}
     recipe = recipe_from_dict({"model": {"path": "builtin:tiny-glm4"}, "data": mixed}, where="bench")
@@ -145,7 +145,7 @@ def _run(setup: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def _recipe(mode: str):
     """The LoRA recipe every mode trains with; the mode only switches length grouping or packing."""
-    from glmtune.recipe import recipe_from_dict
+    from glmtune.recipe_files import recipe_from_dict
 
     train = {"max_steps": STEPS, "batch_size": BATCH, "logging_steps": STEPS, "gradient_checkpointing": True}
     return recipe_from_dict(

@@ -65,7 +65,7 @@ def options(
 
 
 def _recipe(path: Path, overrides: list[str] | None):
-    from glmtune.recipe import load_recipe
+    from glmtune.recipe_files import load_recipe
 
     return load_recipe(path, overrides or [])
 

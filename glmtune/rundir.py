@@ -319,6 +319,6 @@ def _remove_new_entries(folder: Path, before: set[str] | None) -> None:
 
 def run_recipe(path: Path) -> Recipe:
     """The resolved recipe a run was trained with."""
-    from glmtune.recipe import load_recipe
+    from glmtune.recipe_files import load_recipe
 
     return load_recipe(path / "recipe.toml")

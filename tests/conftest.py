@@ -55,7 +55,7 @@ def tiny_recipe(folder: Path, model: str, *overrides: str):
     """A few-step LoRA recipe on four self-cognition records, for end-to-end tests of one family."""
     import json
 
-    from glmtune.recipe import load_recipe
+    from glmtune.recipe_files import load_recipe
 
     (folder / "d.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in TINY_DATA), "utf-8"

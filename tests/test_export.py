@@ -20,7 +20,7 @@ from glmtune.data.render import render_conversation
 from glmtune.families import Message, detect_family
 from glmtune.inference.chat import chat
 from glmtune.inference.generation import generate_answers
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 from glmtune.training.train import train
 
 RECIPE_MAX_NEW_TOKENS = 12

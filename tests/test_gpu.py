@@ -11,7 +11,7 @@ from conftest import ROOT
 from safetensors.torch import load_file
 from test_cli import glmtune
 
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 from glmtune.training.train import train
 
 pytestmark = [

@@ -8,7 +8,7 @@ from test_cli import assert_usage_error, glmtune
 
 from glmtune.checkpoints.integrity import check_deepspeed_json, safetensors_shapes
 from glmtune.errors import UsageError
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 
 
 def deepspeed_recipe(tmp_path, config):

@@ -8,7 +8,8 @@ from conftest import ROOT
 from safetensors.torch import load_file
 
 from glmtune.errors import UsageError
-from glmtune.recipe import LaunchSection, load_recipe
+from glmtune.recipe import LaunchSection
+from glmtune.recipe_files import load_recipe
 from glmtune.training.launch import BACKENDS, estimate_memory, plan_launch
 from glmtune.training.train import train
 

@@ -120,7 +120,7 @@ def test_fused_loss_equals_the_plain_loss_on_cuda():
 
 def test_memory_estimate_counts_the_logits_and_what_the_chunked_loss_saves():
     from glmtune.checkpoints.load import open_base
-    from glmtune.recipe import recipe_from_dict
+    from glmtune.recipe_files import recipe_from_dict
     from glmtune.training.launch import estimate_memory
 
     def estimate(loss: str):

@@ -18,7 +18,7 @@ from glmtune.checkpoints.load import load_model
 from glmtune.checkpoints.tiny import builtin_path
 from glmtune.families import tiny_specs
 from glmtune.inference.chat import chat
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 from glmtune.training.lora import base_name, coverage_rows, group_of, resolve_targets
 from glmtune.training.method import apply_method
 from glmtune.training.train import train
@@ -160,16 +160,16 @@ json.dump({"class": type(model).__name__, "generated": generated.tolist(), "glmt
 def test_tiny_glm5_3_flash_trains_exports_and_generates_with_plain_transformers(tmp_path, capsys):
     """GLM-5.3-Flash's text model inside transformers' image-text-to-text class: LoRA on text only, exported,
     reloaded by plain transformers in a fresh process; greedy generation gives the trained answer and stops at one
-    of the family's stop tokens. The training data has no reasoning, so its turns open with the untrained
-    `<think></think>`: the prompt is continued with that `</think>`, as in training."""
+    of the family's stop tokens. The training data has no reasoning: after the generation prompt's `<think>` the
+    model has learned to write `</think>` and then the answer."""
     family, _ = tiny_specs()["tiny-glm5.3-flash"]
     out = lora_export_chat(tmp_path, capsys, "tiny-glm5.3-flash", "train.max_steps=12")
     assert json.loads((out / "config.json").read_text())["architectures"] == [
         "Glm5NextForConditionalGeneration"
     ]
     assert family.auto_class in (out / "README.md").read_text()
-    result = subprocess.run([sys.executable, "-c", FRESH_GENERATE, str(out), family.auto_class, "</think>"],
-                            capture_output=True, text=True, cwd="/")  # fmt: skip
+    command = [sys.executable, "-c", FRESH_GENERATE, str(out), family.auto_class, ""]
+    result = subprocess.run(command, capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout)
     assert fresh["class"] == "Glm5NextForConditionalGeneration" and not fresh["glmtune"]

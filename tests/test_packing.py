@@ -12,7 +12,7 @@ from glmtune.checkpoints.load import load_model
 from glmtune.checkpoints.tiny import builtin_path
 from glmtune.errors import UsageError
 from glmtune.families import CHATGLM, GLM4
-from glmtune.recipe import recipe_from_dict
+from glmtune.recipe_files import recipe_from_dict
 from glmtune.training.loss import plain_cross_entropy
 from glmtune.training.packing import (
     IGNORE_INDEX,

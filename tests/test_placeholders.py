@@ -9,7 +9,7 @@ from conftest import read_lists, write_recipe
 from glmtune.data.placeholders import Scan, fill
 from glmtune.data.prepare import prepare_data
 from glmtune.errors import UsageError
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 
 # Shaped like ChatGLM-Efficient-Tuning's self_cognition.json.
 IDENTITY = [

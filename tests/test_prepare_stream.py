@@ -65,8 +65,9 @@ def test_an_empty_file_says_so(tmp_path, tokenizer, glm4):
 @pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
 def test_a_json_list_streams_in_chunks_to_the_records_json_load_reads(tmp_path, monkeypatch, chunk):
     import glmtune.data.formats as formats
+    import glmtune.data.records as records
 
-    monkeypatch.setattr(formats, "CHUNK", chunk)  # records straddle every chunk boundary
+    monkeypatch.setattr(records, "CHUNK", chunk)  # records straddle every chunk boundary
     path = tmp_path / "d.json"
     path.write_text(json.dumps(RECORDS[:40], ensure_ascii=False, indent=2), encoding="utf-8")
     read = [e.messages for e in iter_examples([str(path)], "k", "auto", {}, None)]
@@ -88,9 +89,9 @@ def test_a_json_list_streams_in_chunks_to_the_records_json_load_reads(tmp_path, 
     ],
 )
 def test_a_broken_json_list_names_the_file_and_line(tmp_path, monkeypatch, text, message):
-    import glmtune.data.formats as formats
+    import glmtune.data.records as records
 
-    monkeypatch.setattr(formats, "CHUNK", 7)
+    monkeypatch.setattr(records, "CHUNK", 7)
     (tmp_path / "d.json").write_text(text, encoding="utf-8")
     with pytest.raises(UsageError, match=message):
         list(iter_examples([str(tmp_path / "d.json")], "k", "auto", {}, None))

@@ -8,7 +8,7 @@ from conftest import ROOT, write_recipe
 from pydantic import ValidationError
 
 from glmtune.errors import UsageError
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 
 MINIMAL = '[model]\npath = "builtin:tiny-glm4"\n[data]\ntrain = ["d.jsonl"]\n'
 

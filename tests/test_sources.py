@@ -8,7 +8,8 @@ from conftest import ROOT, read_lists, write_recipe
 
 from glmtune.data.prepare import prepare_data
 from glmtune.errors import UsageError
-from glmtune.recipe import DataSection, load_recipe
+from glmtune.recipe import DataSection
+from glmtune.recipe_files import load_recipe
 
 ADGEN = [
     {"content": "类型#裙*颜色#红色*风格#复古", "summary": "红色复古长裙，优雅大方。"},

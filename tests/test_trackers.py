@@ -7,7 +7,7 @@ from conftest import ROOT
 from test_cli import glmtune
 
 from glmtune.errors import UsageError
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 from glmtune.training.trackers import check_trackers, tracker_environment
 
 

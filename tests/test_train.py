@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from glmtune.checkpoints.load import load_model
 from glmtune.data.prepare import prepare_data
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 from glmtune.training.method import apply_method
 from glmtune.training.train import fit, train, training_arguments
 

@@ -10,7 +10,7 @@ from conftest import write_recipe
 from glmtune.data.prepare import prepare_data
 from glmtune.data.render import ELISION, render_conversation, render_sample
 from glmtune.families import Message
-from glmtune.recipe import load_recipe
+from glmtune.recipe_files import load_recipe
 
 LONG_INPUT = "".join(f"第{i}句是一段很长的材料，" for i in range(120))
 QUESTION = "请用一句话总结上面的内容。"

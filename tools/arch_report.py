@@ -22,7 +22,17 @@ from typing import Any
 # Layers of one rank (training, inference) are peers and do not import each other. A layer lists its packages and
 # top-level modules; `glmtune` itself is the package's __init__ (the version).
 LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "foundation": (0, ("glmtune", "glmtune.errors", "glmtune.recipe", "glmtune.console", "glmtune.rundir")),
+    "foundation": (
+        0,
+        (
+            "glmtune",
+            "glmtune.errors",
+            "glmtune.recipe",
+            "glmtune.recipe_files",
+            "glmtune.console",
+            "glmtune.rundir",
+        ),
+    ),
     "families": (1, ("glmtune.families",)),
     "data": (2, ("glmtune.data",)),
     "checkpoints": (3, ("glmtune.checkpoints",)),

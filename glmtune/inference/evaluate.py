@@ -43,7 +43,7 @@ def evaluate_source(
             raise UsageError(
                 f"{source}: an exported model carries no recipe; pass --recipe RECIPE to name the eval data"
             )
-        from glmtune.recipe import load_recipe
+        from glmtune.recipe_files import load_recipe
 
         recipe = load_recipe(source / "recipe.toml", overrides or []) if overrides else run_recipe(source)
     general = retention or recipe.eval.retention

@@ -11,17 +11,16 @@ Question files are .json/.jsonl records with `question` (or alpaca's `instructio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from glmtune.checkpoints.export import generation_kwargs
 from glmtune.checkpoints.load import Loaded, base_model_folder, load_model
 from glmtune.console import term
 from glmtune.data.formats import data_files
+from glmtune.data.records import records
 from glmtune.errors import UsageError
 from glmtune.families import Message
 from glmtune.inference.generation import generate_answers
@@ -41,28 +40,11 @@ class Question:
 
 def read_questions(paths: list[str], key: str) -> list[Question]:
     questions = [
-        _question(record, origin) for file in data_files(paths, key) for origin, record in _records(file)
+        _question(record, origin) for file in data_files(paths, key) for origin, record in records(file)
     ]
     if not questions:
         raise UsageError(f"{key}: the retention files hold no questions")
     return questions
-
-
-def _records(file: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-        if file.suffix == ".jsonl":
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    yield f"{file}:{number}", json.loads(line)
-        else:
-            yield from ((f"{file} record {i}", r) for i, r in enumerate(json.loads(text)))
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{file}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{file}: cannot read it as UTF-8 text ({exc})") from None
 
 
 def _question(record: Any, origin: str) -> Question:

@@ -240,15 +240,12 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     gradients = trainable * trainable_width / (processes if stage >= 2 else 1)
     # Adam: first and second moments, plus an fp32 master copy when the trained weights are 16-bit.
     adam_bytes = 8 + (4 if trainable_width < 4 else 0)
-    optimizer = (
-        trainable
-        * adam_bytes
-        / (processes if stage >= 1 else 1)
-        * (0 if offloaded(ds_config, "optimizer") else 1)
-    )
-    activations = _activation_bytes(config.get_text_config(), recipe, width)
+    on_device = 0 if offloaded(ds_config, "optimizer") else 1
+    optimizer = trainable * adam_bytes / (processes if stage >= 1 else 1) * on_device
+    text = config.get_text_config()  # a multimodal model's text part: what trains on the data
+    activations = _activation_bytes(text, recipe, width)
     loss = resolve_loss(recipe.train.loss, config.model_type, stage)
-    logits = logits_bytes(config.get_text_config(), recipe, width, loss)
+    logits = logits_bytes(text, recipe, width, loss)
     parts = {
         "weights": weights,
         "gradients": gradients,
@@ -259,9 +256,7 @@ def estimate_memory(model, recipe: Recipe, trainable: int, total: int) -> dict[s
     estimate = {name: value / GIB for name, value in parts.items()}
     estimate["total"] = sum(estimate.values()) * 1.1  # allocator fragmentation and CUDA context
     if loss != "plain":
-        estimate["saved against full logits"] = (
-            logits_bytes(config.get_text_config(), recipe, width, "plain") - logits
-        ) / GIB
+        estimate["saved against full logits"] = (logits_bytes(text, recipe, width, "plain") - logits) / GIB
     return estimate
 
 
