@@ -41,7 +41,7 @@ from glmtune.rundir import claim_output, is_run_dir, run_recipe, staged_dir
 CHAT_MODULE = "modeling_glmtune_chat"  # templates/modeling_glmtune_chat.py, the `model.chat()` shim
 # The shim's import line that export replaces with the exported model's class.
 TEMPLATE_BASE_IMPORT = "from transformers import PreTrainedModel as BaseModel"
-# Exported tokenizers and models load there too, with the same ids and answers (tests/test_export.py, slow tier).
+# Exported tokenizers and models load there too, with the same ids and answers (tests/checkpoints/test_export.py, slow tier).
 TRANSFORMERS_4_CHECKED = "4.57.1"
 PROBE_SAMPLES = 3  # training samples whose logits the export must reproduce
 LOGITS_ATOL = 1e-4  # fp32: merging reorders a few additions, nothing more

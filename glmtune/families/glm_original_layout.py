@@ -6,7 +6,7 @@ Those checkpoints ship Python code that no longer runs on transformers 5, but th
 original folders use this layout names `WEIGHTS` (or `WEIGHTS_WITHOUT_ROPE_RATIO`) in its record.
 
 Facts the mapping relies on (checked against the original `modeling_chatglm.py` and transformers'
-`modeling_glm.py`, and by tests/test_convert.py against a reference forward of the original architecture):
+`modeling_glm.py`, and by tests/checkpoints/test_convert.py against a reference forward of the original architecture):
 - fused `query_key_value` rows are [all q heads | k groups | v groups], each head `kv_channels` wide;
 - `dense_h_to_4h` rows are [gate | up]: the original computes `silu(x0) * x1`, Glm `up * silu(gate)` with
   `gate, up = chunk(2)`, so the fused weight is copied unchanged;

@@ -28,7 +28,7 @@ def is_original_layout(config: dict) -> bool:
 
 ASSETS = Path(
     os.environ.get("GLMTUNE_SHARED_ASSETS")
-    or Path(__file__).resolve().parents[2] / "shared/assets/glm-models"
+    or Path(__file__).resolve().parents[3] / "shared/assets/glm-models"
 )
 MODELS = ["chatglm2-6b", "chatglm3-6b", "glm-4-9b-chat"]
 

@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ASSETS = Path(
     os.environ.get("GLMTUNE_SHARED_ASSETS")
-    or Path(__file__).resolve().parents[2] / "shared/assets/glm-models"
+    or Path(__file__).resolve().parents[3] / "shared/assets/glm-models"
 )
 FOLDERS = {
     "chatglm": "chatglm-6b",

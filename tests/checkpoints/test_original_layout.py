@@ -157,7 +157,7 @@ def test_pickled_weights_need_allow_pickle(tmp_path):
 
 
 def test_chatglm_v1_checkpoints_the_port_does_not_implement_are_refused(tmp_path):
-    # ChatGLM-6B v1 itself loads (tests/test_chatglm6b_family.py); its int4/int8 and P-tuning variants do not
+    # ChatGLM-6B v1 itself loads (tests/families/test_chatglm6b_family.py); its int4/int8 and P-tuning variants do not
     folder = tmp_path / "v1"
     folder.mkdir()
     (folder / "ice_text.model").write_bytes(b"")
