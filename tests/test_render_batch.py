@@ -28,7 +28,7 @@ from glmtune.families import Message, get_family, tiny_specs
 from glmtune.families.base import RenderOptions
 from glmtune.recipe import DataSection
 
-OFFICIAL = {"glm-4-9b-chat": "glm4", "chatglm3-6b": "chatglm3", "chatglm2-6b": "chatglm2", "chatglm-6b": "chatglm"}
+OFFICIAL = {"glm-4-9b-chat": "glm4", "chatglm3-6b": "chatglm3", "chatglm2-6b": "chatglm2", "chatglm-6b": "chatglm"}  # fmt: skip
 CASES = [*sorted(tiny_specs()), "tiny-xml", *OFFICIAL]
 
 
@@ -112,7 +112,8 @@ def test_special_token_strings_in_batched_text_stay_text(name):
     batch = [c for c in injected(family) if fits(family, *c)]
     flagged = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}  # not <think> & co.
     assert flagged & set(family.special_tokens)
-    for (messages, options), sample in zip(batch, render_conversations(batch, family, tokenizer), strict=True):
+    rendered = render_conversations(batch, family, tokenizer)
+    for (messages, options), sample in zip(batch, rendered, strict=True):
         pieces = family.layout(messages, options)
         for token in flagged & set(family.special_tokens):
             token_id = tokenizer.convert_tokens_to_ids(token)
@@ -162,7 +163,7 @@ def test_a_refused_record_in_a_batch_is_named(tmp_path):
 def test_prepare_streams_in_batches_across_their_boundaries(tmp_path, monkeypatch):
     family, tokenizer = case("tiny-glm4")
     long_text = "long text " * 30
-    records = [{"instruction": f"q{i} " + (long_text if i % 5 == 0 else ""), "output": f"a{i}"} for i in range(23)]
+    records = [{"instruction": f"q{i} " + long_text * (i % 5 == 0), "output": f"a{i}"} for i in range(23)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     data = DataSection(train=[str(tmp_path / "d.jsonl")], max_length=32)
     monkeypatch.setattr(prepare, "RENDER_BATCH", 4)  # 23 records: 5 full batches and a short one

@@ -37,7 +37,7 @@ from glmtune.rundir import atomic_write_text, staged_dir
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
 SOURCES_FILE = "sources.json"  # per source: records read, held out, drawn, samples, tokens, truncations
 SOURCE_COUNTS = ("samples", "tokens", "truncated", "dropped")
-RENDER_BATCH = 1000  # records whose text is tokenised in one call (the batch, not the file, is what is in memory)
+RENDER_BATCH = 1000  # records tokenised in one call: the batch, not the file, is what is in memory
 
 
 @dataclass
@@ -97,8 +97,8 @@ def write_split(data: DataSection, examples: Iterable[Example], key: str, family
     build.mkdir()
     with ArrowWriter(features=features, path=str(build / "data-00000-of-00001.arrow")) as writer:
         for chunk in chunks(examples, RENDER_BATCH):
-            rendered = render_examples(chunk, data, family, tokenizer)
-            kept = [s for e, s in zip(chunk, rendered, strict=True) if tally.add(s, e.source).status != "dropped"]
+            rendered = zip(chunk, render_examples(chunk, data, family, tokenizer), strict=True)
+            kept = [sample for e, sample in rendered if tally.add(sample, e.source).status != "dropped"]
             writer.write_batch({"input_ids": [s.ids for s in kept], "labels": [labels_of(s) for s in kept]})
         tally.check(key)
         writer.finalize()

@@ -151,13 +151,13 @@ def render_sample(
     if len(rendered.ids) <= max_length:
         return rendered
     if overlong == "drop":
-        return Rendered([], [], "dropped", ("too long",))
+        return Rendered([], [], "dropped", changes=("too long",))
     fitted = _Fitting(list(messages), family, tokenizer, mask_history, max_length, options)
     fitted.drop_history()
     fitted.cut_prompt(cut)
     fitted.cut_answer()
     if fitted.overflow > 0 or not any(fitted.rendered.mask):
-        return Rendered([], [], "dropped", ("no room for the answer",))
+        return Rendered([], [], "dropped", changes=("no room for the answer",))
     return replace(fitted.rendered, status="truncated", changes=tuple(fitted.changes))
 
 
