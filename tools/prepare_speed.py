@@ -100,7 +100,7 @@ def measure(name: str, path: Path, scratch: Path, family, tokenizer) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("count", type=int, nargs="?", default=100_000)
-    parser.add_argument("--tokenizer", type=Path, default=None, help="a model folder (default builtin:tiny-glm4)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="model folder (default: tiny GLM-4)")
     parser.add_argument("--only", choices=ROWS, action="append", help="run these rows only (repeatable)")
     args = parser.parse_args()
     folder = args.tokenizer or builtin_path("tiny-glm4")
