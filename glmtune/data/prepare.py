@@ -2,9 +2,9 @@
 
 The fingerprint covers the recipe's data section, the family, the tokenizer and the source files' bytes, so `train`
 reuses a prepared dataset exactly when nothing that shapes it has changed. Samples are stored unpadded: batches are
-padded to their own longest sample at training time. Records stream from the files to Arrow shards one at a time,
-so memory stays flat however large the data is (mixing and an eval split drawn from train read the records first:
-they sample from whole sources); everything is written to a staging folder first, so a bad record anywhere (line
+padded to their own longest sample at training time. Records stream from the files to Arrow shards a batch at a
+time (the text of RENDER_BATCH records is tokenised in one call), so memory stays flat however large the data is
+(mixing and an eval split drawn from train read the records first: they sample from whole sources); everything is written to a staging folder first, so a bad record anywhere (line
 900,000 too) ends the command with its file:line and nothing written.
 """
 
@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from glmtune import __version__
 from glmtune.data.formats import Example
-from glmtune.data.render import Rendered, render_conversation, render_sample, thinking_options
+from glmtune.data.render import (
+    Rendered,
+    render_conversation,
+    render_conversations,
+    render_sample,
+    thinking_options,
+)
 from glmtune.data.sources import read_splits, source_files
 from glmtune.errors import UsageError
 from glmtune.families import Family, Message
@@ -32,6 +37,7 @@ from glmtune.rundir import atomic_write_text, staged_dir
 IGNORE_INDEX = -100  # label of tokens that are not trained (transformers' convention)
 SOURCES_FILE = "sources.json"  # per source: records read, held out, drawn, samples, tokens, truncations
 SOURCE_COUNTS = ("samples", "tokens", "truncated", "dropped")
+RENDER_BATCH = 1000  # records tokenised in one call: the batch, not the file, is what is in memory
 
 
 @dataclass
@@ -80,38 +86,23 @@ def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> 
 
 def write_split(data: DataSection, examples: Iterable[Example], key: str, family: Family, tokenizer, target: Path,
                 tally: Tally) -> dict[str, float]:  # fmt: skip
-    """Stream examples -> rendered samples -> Arrow shards in `target`, in bounded memory (datasets writes rows
-    in batches and memory-maps them); returns the split's stats. A bad record raises before `target` exists."""
-    from datasets import Dataset, Features, Sequence, Value
-    from datasets.exceptions import DatasetGenerationError
+    """Stream examples -> rendered samples -> one Arrow file in `target`, a batch of RENDER_BATCH records at a time
+    (datasets' own writer, the file `load_split` memory-maps); returns the split's stats. A bad record raises before
+    `target` exists."""
+    from datasets import Features, Sequence, Value
+    from datasets.arrow_writer import ArrowWriter
 
-    def samples():
-        for example in examples:
-            sample = tally.add(render_example(example, data, family, tokenizer), example.source)
-            if sample.status != "dropped":
-                yield {"input_ids": sample.ids, "labels": labels_of(sample)}
-
-    columns = {name: Sequence(Value("int32")) for name in ("input_ids", "labels")}
+    features = Features({name: Sequence(Value("int32")) for name in ("input_ids", "labels")})
     build = target.with_name(f"{target.name}.build")
-    try:
-        dataset = Dataset.from_generator(samples, features=Features(columns), cache_dir=str(build),
-                                         fingerprint=f"{key}-{os.getpid()}")  # fmt: skip
-    except DatasetGenerationError as exc:  # datasets wraps what the generator raised
-        if isinstance(exc.__cause__, UsageError):
-            raise exc.__cause__ from None
-        raise
-    except ValueError:
-        tally.check(key)  # datasets refuses a split without rows: say why there are none
-        raise
-    tally.check(key)
-    # The generator's Arrow files are the dataset: move them into place rather than `save_to_disk`, whose copy reads
-    # every memory-mapped row back through this process (peak RSS then grew with the data: 875 MB at 1M samples).
-    shards = [Path(entry["filename"]) for entry in dataset.cache_files]
-    del dataset
-    target.mkdir()
-    for index, shard in enumerate(shards):
-        os.replace(shard, target / f"data-{index:05d}-of-{len(shards):05d}.arrow")
-    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir()
+    with ArrowWriter(features=features, path=str(build / "data-00000-of-00001.arrow")) as writer:
+        for chunk in chunks(examples, RENDER_BATCH):
+            rendered = zip(chunk, render_examples(chunk, data, family, tokenizer), strict=True)
+            kept = [sample for e, sample in rendered if tally.add(sample, e.source).status != "dropped"]
+            writer.write_batch({"input_ids": [s.ids for s in kept], "labels": [labels_of(s) for s in kept]})
+        tally.check(key)
+        writer.finalize()
+    build.rename(target)
     return tally.stats()
 
 
@@ -175,6 +166,26 @@ class Tally:
             "length_p99": float(np.percentile(lengths, 99)),
             "length_max": int(lengths.max()),
         }
+
+
+def chunks(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    """`items` in lists of `size` (the last one shorter), read lazily: one chunk in memory at a time."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def render_examples(examples: list[Example], data: DataSection, family: Family, tokenizer) -> list[Rendered]:
+    """Records rendered as the recipe says, their text encoded in one batch: the samples `render_example` gives one
+    by one. A sample over data.max_length, and every record of a batch where some record is refused, goes through
+    `render_example` on its own (truncation re-renders it; a refusal then names its record)."""
+    try:
+        conversations = [thinking_options(e.messages, data.thinking, e.tools) for e in examples]
+        rendered = render_conversations(conversations, family, tokenizer, mask_history=data.mask_history)
+    except UsageError:
+        return [render_example(example, data, family, tokenizer) for example in examples]
+    return [sample if len(sample.ids) <= data.max_length else render_example(example, data, family, tokenizer)
+            for example, sample in zip(examples, rendered, strict=True)]  # fmt: skip
 
 
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:

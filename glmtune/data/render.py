@@ -1,8 +1,10 @@
-"""Conversations to token ids and the loss mask. `render_conversation` is the ONE function that decides what is trained.
+"""Conversations to token ids and the loss mask. `render_conversations` is the ONE function that decides what is
+trained (`render_conversation` is its batch of one).
 
 The family record says which pieces a conversation renders to (special tokens by name, text) and which are trained;
-this module turns them into ids. Text is encoded with special-token splitting on, so a string such as "<|user|>"
-inside user data stays plain text and cannot open a new role.
+this module turns them into ids, the text pieces of a whole batch of conversations in one tokenizer call. Text is
+encoded with special-token splitting on, so a string such as "<|user|>" inside user data stays plain text and
+cannot open a new role.
 """
 
 from __future__ import annotations
@@ -67,25 +69,64 @@ def render_conversation(
     add_generation_prompt: bool = False,
     options: RenderOptions = RenderOptions(),
 ) -> Rendered:
-    """Token ids and loss mask of a conversation in `family`'s layout (`options`: tools and thinking switches).
+    """Token ids and loss mask of one conversation: `render_conversations` of a batch of one."""
+    options = replace(options, add_generation_prompt=add_generation_prompt or options.add_generation_prompt)
+    return render_conversations([(messages, options)], family, tokenizer, mask_history=mask_history)[0]
+
+
+def render_conversations(
+    conversations: Sequence[tuple[Sequence[Message], RenderOptions]],
+    family: Family,
+    tokenizer,
+    *,
+    mask_history: bool = False,
+) -> list[Rendered]:
+    """Token ids and loss mask of each conversation in `family`'s layout (`options`: tools and thinking switches).
 
     Trained: every assistant turn's own tokens and the token that ends it (only the last turn's when
-    `mask_history`), as the family's layout marks them.
+    `mask_history`), as the family's layout marks them. The text pieces of all the conversations are encoded in one
+    batched tokenizer call, which gives each piece the ids that encoding it alone gives.
     """
-    options = replace(options, add_generation_prompt=add_generation_prompt or options.add_generation_prompt)
-    pieces = family.layout(messages, options)
-    last_turn = max((piece.turn for piece in pieces if piece.train), default=-1)
-    ids: list[int] = []
-    mask: list[bool] = []
-    for piece in pieces:
-        if piece.special:
-            piece_ids = [special_token_id(tokenizer, piece.text)]
-        else:
-            piece_ids = tokenizer.encode(piece.text, add_special_tokens=False, split_special_tokens=True)
-        trained = piece.train and (not mask_history or piece.turn == last_turn)
-        ids.extend(piece_ids)
-        mask.extend([trained] * len(piece_ids))
-    return Rendered(ids, mask, opening="".join(piece.text for piece in pieces if piece.opens_reply))
+    layouts = [family.layout(messages, options) for messages, options in conversations]
+    encoded = iter(encode_texts([p.text for pieces in layouts for p in pieces if not p.special], tokenizer))
+    special_ids: dict[str, int] = {}
+    rendered = []
+    for pieces in layouts:
+        last_turn = max((piece.turn for piece in pieces if piece.train), default=-1)
+        ids: list[int] = []
+        mask: list[bool] = []
+        for piece in pieces:
+            if piece.special:
+                if piece.text not in special_ids:
+                    special_ids[piece.text] = special_token_id(tokenizer, piece.text)
+                piece_ids = [special_ids[piece.text]]
+            else:
+                piece_ids = next(encoded)
+            trained = piece.train and (not mask_history or piece.turn == last_turn)
+            ids.extend(piece_ids)
+            mask.extend([trained] * len(piece_ids))
+        rendered.append(Rendered(ids, mask, opening="".join(p.text for p in pieces if p.opens_reply)))
+    return rendered
+
+
+def encode_texts(texts: Sequence[str], tokenizer) -> list[list[int]]:
+    """The ids of each text, special-token strings in it encoded as plain text, in one batched tokenizer call.
+
+    A fast tokenizer's backend is called directly: `encode_batch` with `encode_special_tokens` on is what the
+    transformers call with `split_special_tokens=True` runs, without building a BatchEncoding per text. A backend
+    that pads or truncates, or a tokenizer without one, goes through the transformers call.
+    """
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    splitting = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        return [encoding.ids for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = splitting
 
 
 def render_sample(
@@ -192,7 +233,7 @@ class _Fitting:
 
 
 def _encode(text: str, tokenizer) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    return encode_texts([text], tokenizer)[0]
 
 
 def _drop_oldest_round(messages: list[Message]) -> bool:

@@ -1,4 +1,4 @@
-"""prepare streams: records read one at a time into Arrow shards, the same samples as rendering each record, a bad
+"""prepare streams: records read in batches into an Arrow file, the same samples as rendering each record, a bad
 record at the end still fails with file:line before anything is written; peak memory is measured by
 tools/prepare_memory.py (figures in docs/robustness.md), never asserted here."""
 
