@@ -22,7 +22,9 @@ from typing import Any
 from glmtune import __version__
 from glmtune.data.formats import Example
 from glmtune.data.render import (
+    LEFT_OUT,
     Rendered,
+    reasoning_left_out,
     render_conversation,
     render_conversations,
     render_sample,
@@ -98,7 +100,7 @@ def write_split(data: DataSection, examples: Iterable[Example], key: str, family
     with ArrowWriter(features=features, path=str(build / "data-00000-of-00001.arrow")) as writer:
         for chunk in chunks(examples, RENDER_BATCH):
             rendered = zip(chunk, render_examples(chunk, data, family, tokenizer), strict=True)
-            kept = [sample for e, sample in rendered if tally.add(sample, e.source).status != "dropped"]
+            kept = [sample for e, sample in rendered if tally.add(sample, e, family).status != "dropped"]
             writer.write_batch({"input_ids": [s.ids for s in kept], "labels": [labels_of(s) for s in kept]})
         tally.check(key)
         writer.finalize()
@@ -123,14 +125,17 @@ class Tally:
     def __init__(self, data: DataSection) -> None:
         self.data = data
         self.records = 0
-        self.counts = dict.fromkeys(("truncated", "dropped", *truncation_keys(data)), 0)
+        left_out = [LEFT_OUT[data.thinking]] if data.thinking in LEFT_OUT else []
+        self.counts = dict.fromkeys(("truncated", "dropped", *truncation_keys(data), *left_out), 0)
         self.lengths = array("I")
         self.supervised = 0
         self.by_source: dict[str, dict[str, int]] = {}
 
-    def add(self, sample: Rendered, source: str) -> Rendered:
+    def add(self, sample: Rendered, example: Example, family: Family) -> Rendered:
         self.records += 1
-        tally = self.by_source.setdefault(source, dict.fromkeys(SOURCE_COUNTS, 0))
+        tally = self.by_source.setdefault(example.source, dict.fromkeys(SOURCE_COUNTS, 0))
+        if sample.status != "dropped" and reasoning_left_out(example.messages, self.data.thinking, family):
+            self.counts[LEFT_OUT[self.data.thinking]] += 1
         if sample.status != "ok":
             self.counts[sample.status] += 1
             tally[sample.status] += 1
@@ -271,3 +276,6 @@ def report_prepared(prepared: Prepared, title: str) -> None:
                    [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources])  # fmt: skip
     for warning in prepared.sources.get("warnings", []):
         term.warn(warning)
+    if cleared := prepared.stats["train"].get(LEFT_OUT["template"]):
+        term.info(f"{cleared} samples carry reasoning in turns before their last user message; data.thinking = "
+                  '"template" trains them as the template renders them, without it ("keep" trains it)')  # fmt: skip

@@ -55,6 +55,31 @@ def thinking_options(
     return list(messages), options
 
 
+LEFT_OUT = {
+    "template": "past reasoning cleared",
+    "off": "reasoning dropped",
+}  # stats key per `[data] thinking`
+
+
+def reasoning_left_out(messages: Sequence[Message], thinking: Thinking, family: Family) -> bool:
+    """Whether `[data] thinking` keeps reasoning of this conversation out of its training text (counted in the
+    stats under LEFT_OUT): "off" drops every turn's; "template" clears the turns' before the last user message, as
+    the template does at inference. Reasoning is `reasoning_content` or written inline (the family's parser)."""
+    if thinking not in LEFT_OUT:
+        return False
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    return any(
+        message.role == "assistant"
+        and (thinking == "off" or index < last_user)
+        and _has_reasoning(message, family)
+        for index, message in enumerate(messages)
+    )
+
+
+def _has_reasoning(message: Message, family: Family) -> bool:
+    return bool((message.reasoning_content or "").strip() or (family.reply(message.content)[1] or "").strip())
+
+
 def stop_token_ids(family: Family, tokenizer) -> list[int]:
     """Ids of the tokens generation stops on (also written into exported generation_config.json files)."""
     return [special_token_id(tokenizer, name) for name in family.stop_tokens]

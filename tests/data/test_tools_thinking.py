@@ -291,3 +291,31 @@ def test_xml_parser_reads_values_by_schema_and_json():
     text = "</think><tool_call>get_weather<arg_key>city</arg_key><arg_value>42</arg_value>" \
         "<arg_key>days</arg_key><arg_value>2</arg_value></tool_call>"  # fmt: skip
     assert parse(text, TOOLS) == ("", None, [ToolCall("get_weather", {"city": "42", "days": 2})])
+
+
+@pytest.mark.parametrize(("thinking", "counted"), [("template", 2), ("off", 3), ("keep", None)])
+def test_prepare_counts_the_samples_whose_reasoning_thinking_leaves_out(
+    tmp_path, xml_tokenizer, thinking, counted
+):
+    from glmtune.data.prepare import prepare_data
+    from glmtune.recipe import DataSection
+
+    def turn(q, a, reasoning=None):
+        return [
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": a, "reasoning_content": reasoning},
+        ]
+
+    records = [
+        {"messages": turn("q1", "a1", "r1") + turn("q2", "a2")},  # past reasoning: the template clears it
+        {"messages": turn("q1", "<think>r1</think>a1") + turn("q2", "a2", "r2")},  # inline, past
+        {"messages": turn("q", "a", "r")},  # the last turn's reasoning is trained in "template"
+        {"messages": turn("q", "a")},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    data = DataSection(train=[str(path)], thinking=thinking)
+    stats = prepare_data(data, get_family("glm4_7"), xml_tokenizer, tmp_path / "data").stats["train"]
+    key = {"template": "past reasoning cleared", "off": "reasoning dropped"}.get(thinking)
+    assert (stats.get(key) if key else None) == counted
+    assert not {"past reasoning cleared", "reasoning dropped"} - {key} & set(stats)
