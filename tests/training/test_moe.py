@@ -184,9 +184,11 @@ def test_release_tiny_lora_trains_exports_and_chats(tmp_path, capsys, name):
     lora_export_chat(tmp_path, capsys, name)
 
 
-@pytest.mark.parametrize("name", ["tiny-glm5.1", "tiny-glm5.3-flash"])
+@pytest.mark.parametrize(
+    "name", ["tiny-glm4.5", "tiny-glm4.7-flash", "tiny-glm5.1", "tiny-glm5.2", "tiny-glm5.3-flash"]
+)
 def test_release_tiny_full_fine_tuning_exports(tmp_path, name):
-    run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "method.kind='full'", "train.max_steps=3"))
+    run_dir = train(tiny_recipe(tmp_path, f"builtin:{name}", "method.kind='full'", "train.max_steps=6"))
     run = json.loads((run_dir / "run.json").read_text())
     assert run["weights"] == "model" and run["summary"]["last_loss"] < run["summary"]["first_loss"]
     out = export_run(run_dir, tmp_path / "export")
