@@ -20,7 +20,7 @@ define install_into
 	else \
 		echo "no CUDA: installing the CPU torch build ($(TORCH_CPU))"; $(1)/bin/pip install -q $(2) '$(TORCH_CPU)'; \
 	fi
-	$(1)/bin/pip install -q $(2) -e '.[dev,deepspeed,quant,serve,web]'
+	$(1)/bin/pip install -q $(2) -e '.[dev,deepspeed,quant,serve,web,trackers]'
 	@$(1)/bin/glmtune --help >/dev/null && echo "installed: $(1)/bin/glmtune"
 endef
 

@@ -43,3 +43,26 @@ def tracker_environment(report_to: Iterable[str], run_dir: Path) -> dict[str, st
         settings[dir_var] = os.environ.get(dir_var, str(run_dir / folder))
     os.environ.update(settings)
     return settings
+
+
+# swanlab logs through its own Trainer callback, not transformers' built-in one: transformers 5.24's calls
+# swanlab.get_run() to see whether a run exists, which swanlab 0.10 answers by raising instead of returning None;
+# swanlab keeps its own callback in step with its API.
+OWN_CALLBACK = ("swanlab",)
+
+
+def trainer_integrations(report_to: Iterable[str]) -> list[str]:
+    """The trackers transformers' `report_to` runs itself."""
+    return [name for name in report_to if name not in OWN_CALLBACK]
+
+
+def tracker_callbacks(report_to: Iterable[str], run_dir: Path) -> list:
+    """Trainer callbacks of the trackers that bring their own (configured by `tracker_environment`)."""
+    callbacks = []
+    if "swanlab" in report_to:
+        from swanlab.integration.transformers import SwanLabCallback
+
+        mode, log_dir = os.environ.get("SWANLAB_MODE", "offline"), os.environ.get("SWANLAB_LOG_DIR")
+        callbacks.append(SwanLabCallback(project="glmtune", experiment_name=run_dir.name, mode=mode,
+                                         log_dir=log_dir or str(run_dir / "swanlog")))  # fmt: skip
+    return callbacks

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from glmtune.training.launch import (
 )
 from glmtune.training.method import apply_method
 from glmtune.training.plan import check_plan, check_precision, check_resumable, show_plan, use_packing
-from glmtune.training.trackers import tracker_environment
+from glmtune.training.trackers import tracker_callbacks, tracker_environment, trainer_integrations
 
 
 def train(recipe: Recipe, *, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
@@ -140,7 +141,8 @@ def train_here(
     if args.process_index == 0:
         update_run(run_dir, status="training")
     plan = batching(recipe, base.family, base.tokenizer, model)
-    trainer = fit(model, base.tokenizer, prepared, args, run_dir, resume, plan, recipe.train.save_total_limit)
+    keep, trackers = recipe.train.save_total_limit, recipe.train.report_to
+    trainer = fit(model, base.tokenizer, prepared, args, run_dir, resume, plan, keep, trackers)
     save_outputs(trainer, base.tokenizer, recipe, run_dir, prepared)
 
 
@@ -184,7 +186,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, has_eval: bool):
         accelerator_config={"use_configured_state": True} if ds_config else None,
         seed=recipe.run.seed,
         data_seed=recipe.run.seed,
-        report_to=list(t.report_to),
+        report_to=trainer_integrations(t.report_to),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
@@ -263,6 +265,7 @@ def fit(
     resume: bool = False,
     plan: Batching | None = None,
     keep_checkpoints: int = 2,
+    trackers: Sequence[str] = (),
 ):
     """Run the Trainer with glmtune's callbacks; the progress bar is closed even when training fails."""
     from transformers import PrinterCallback, Trainer
@@ -273,6 +276,7 @@ def fit(
     progress = progress_callback()
     logs = [MetricsLog(run_dir / "metrics.jsonl"), LossCurve(run_dir / "loss.png")]
     callbacks = [progress, *logs, NanWatchdog(), CheckpointMarker(keep=keep_checkpoints)]
+    callbacks += tracker_callbacks(trackers, run_dir) if args.process_index == 0 else []
     trainer = Trainer(
         model=model,
         args=args,

@@ -46,3 +46,23 @@ def test_report_to_accepts_the_three_trackers_and_names_a_wrong_one(tmp_path):
     assert recipe.train.report_to == ["swanlab", "wandb", "tensorboard"]
     with pytest.raises(UsageError, match="train.report_to.0"):
         load_recipe(ROOT / "recipes" / "demo.toml", ["train.report_to=['mlflow']"])
+
+
+def test_a_run_logs_to_all_three_trackers_offline_under_the_run_directory(tmp_path, monkeypatch):
+    from conftest import tiny_recipe
+
+    from glmtune.training.train import train
+
+    for tracker in ("tensorboard", "swanlab", "wandb"):
+        if importlib.util.find_spec(tracker) is None:
+            pytest.skip(f"{tracker} is not installed (pip install -e '.[trackers]')")
+    for variable in ("SWANLAB_MODE", "SWANLAB_LOG_DIR", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(variable, raising=False)  # the run's own defaults: offline, into the run directory
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    recipe = tiny_recipe(tmp_path, "builtin:tiny-glm4", "train.max_steps=2", "train.logging_steps=1",
+                         "train.report_to=['tensorboard', 'swanlab', 'wandb']")  # fmt: skip
+    run_dir = train(recipe)
+    assert list((run_dir / "wandb").rglob("offline-run-*/run-*.wandb")), "wandb wrote no offline run"
+    (swanlab_run,) = (run_dir / "swanlog").glob("run-*/run-*.swanlab")
+    assert swanlab_run.stat().st_size > 0, "swanlab wrote no offline run"
+    assert list((run_dir / "checkpoints" / "runs").rglob("events.out.tfevents.*")), "no tensorboard events"
