@@ -78,16 +78,26 @@ def prepare_data(data: DataSection, family: Family, tokenizer, folder: Path) -> 
                 data, read.eval, "data.eval", family, tokenizer, staging / "eval", Tally(data)
             )
         atomic_write_text(staging / "stats.json", json.dumps(stats, indent=2) + "\n")
-        sources = {"seed": data.seed, "warnings": read.warnings,
-                   "sources": [s | train_tally.by_source.get(s["name"], {}) for s in read.sources]}  # fmt: skip
+        sources = {
+            "seed": data.seed,
+            "warnings": read.warnings,
+            "sources": [s | train_tally.by_source.get(s["name"], {}) for s in read.sources],
+        }
         atomic_write_text(staging / SOURCES_FILE, json.dumps(sources, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(staging / "fingerprint.txt", fingerprint + "\n")
     splits = {name: load_split(folder / name) for name in stats}
     return Prepared(folder, splits, stats, reused=False, sources=sources)
 
 
-def write_split(data: DataSection, examples: Iterable[Example], key: str, family: Family, tokenizer, target: Path,
-                tally: Tally) -> dict[str, float]:  # fmt: skip
+def write_split(
+    data: DataSection,
+    examples: Iterable[Example],
+    key: str,
+    family: Family,
+    tokenizer,
+    target: Path,
+    tally: Tally,
+) -> dict[str, float]:
     """Stream examples -> rendered samples -> one Arrow file in `target`, a batch of RENDER_BATCH records at a time
     (datasets' own writer, the file `load_split` memory-maps); returns the split's stats. A bad record raises before
     `target` exists."""
@@ -189,16 +199,26 @@ def render_examples(examples: list[Example], data: DataSection, family: Family, 
         rendered = render_conversations(conversations, family, tokenizer, mask_history=data.mask_history)
     except UsageError:
         return [render_example(example, data, family, tokenizer) for example in examples]
-    return [sample if len(sample.ids) <= data.max_length else render_example(example, data, family, tokenizer)
-            for example, sample in zip(examples, rendered, strict=True)]  # fmt: skip
+    return [
+        sample if len(sample.ids) <= data.max_length else render_example(example, data, family, tokenizer)
+        for example, sample in zip(examples, rendered, strict=True)
+    ]
 
 
 def render_example(example: Example, data: DataSection, family: Family, tokenizer) -> Rendered:
     """One record rendered as the recipe says; a problem the family finds in it names the record."""
     try:
         messages, options = thinking_options(example.messages, data.thinking, example.tools)
-        return render_sample(messages, family, tokenizer, max_length=data.max_length, overlong=data.overlong,
-                             mask_history=data.mask_history, cut=data.cut, options=options)  # fmt: skip
+        return render_sample(
+            messages,
+            family,
+            tokenizer,
+            max_length=data.max_length,
+            overlong=data.overlong,
+            mask_history=data.mask_history,
+            cut=data.cut,
+            options=options,
+        )
     except UsageError as exc:
         raise UsageError(f"{example.origin}: {exc}") from None
 
@@ -272,10 +292,15 @@ def report_prepared(prepared: Prepared, title: str) -> None:
     sources = prepared.sources.get("sources", [])
     if len(sources) > 1 or any("mix" in s or s["held_out"] for s in sources):
         keys = ["records", "held_out", "drawn", "tokens", "truncated", "dropped"]  # samples: drawn - dropped
-        term.table(f"train sources (data.seed {prepared.sources['seed']})", ["source", *keys],
-                   [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources])  # fmt: skip
+        term.table(
+            f"train sources (data.seed {prepared.sources['seed']})",
+            ["source", *keys],
+            [[s["name"], *(s.get(k, 0) for k in keys)] for s in sources],
+        )
     for warning in prepared.sources.get("warnings", []):
         term.warn(warning)
     if cleared := prepared.stats["train"].get(LEFT_OUT["template"]):
-        term.info(f"{cleared} samples carry reasoning in turns before their last user message; data.thinking = "
-                  '"template" trains them as the template renders them, without it ("keep" trains it)')  # fmt: skip
+        term.info(
+            f"{cleared} samples carry reasoning in turns before their last user message; data.thinking = "
+            '"template" trains them as the template renders them, without it ("keep" trains it)'
+        )

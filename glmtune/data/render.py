@@ -246,8 +246,11 @@ class _Fitting:
         """System messages and the texts of the current round before the answer."""
         at = self.answer_at
         previous = max((i for i in range(at) if self.messages[i].role == "assistant"), default=-1)
-        return [i for i in range(at) if self.messages[i].role != "assistant"
-                and (i > previous or self.messages[i].role == "system")]  # fmt: skip
+        return [
+            i
+            for i in range(at)
+            if self.messages[i].role != "assistant" and (i > previous or self.messages[i].role == "system")
+        ]
 
     def _length(self, index: int) -> int:
         return len(_encode(self.messages[index].content, self.tokenizer))

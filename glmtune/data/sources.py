@@ -26,8 +26,15 @@ from glmtune.recipe import COLUMN_NAMES, TAG_NAMES, DataSection, MixEntry, is_so
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 ALPACA_OPTIONAL = {"system": "system", "history": "history", "tools": "tools"}
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}  # fmt: skip
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 
@@ -82,8 +89,15 @@ def read_splits(data: DataSection) -> Splits:
         kept = [e for e in per_source[source.name] if e.origin not in held]
         drawn = mix_draw(kept, data.mix.get(source.name), source, data.seed)
         train += drawn
-        record.append(_describe(source, len(per_source[source.name]), len(per_source[source.name]) - len(kept),
-                                len(drawn), data.mix.get(source.name)))  # fmt: skip
+        record.append(
+            _describe(
+                source,
+                len(per_source[source.name]),
+                len(per_source[source.name]) - len(kept),
+                len(drawn),
+                data.mix.get(source.name),
+            )
+        )
     held_out = [e for examples in per_source.values() for e in examples if e.origin in held]
     return Splits(
         train, itertools.chain(held_out, streamed_eval), record, scan, bool(held_out or eval_sources)
@@ -197,11 +211,15 @@ def registry_source(name: str, registry: Mapping[str, Any], registry_path: str, 
     entry = registry[name]
     where = f"{registry_path} entry {name!r}"
     if hub := next((k for k in HUB_KEYS if entry.get(k)), None):
-        raise UsageError(f"{where}: {hub} is remote; glmtune reads local files only: download the data "
-                         "yourself and give the entry a file_name")  # fmt: skip
+        raise UsageError(
+            f"{where}: {hub} is remote; glmtune reads local files only: download the data "
+            "yourself and give the entry a file_name"
+        )
     if entry.get("ranking"):
-        raise UsageError(f"{where}: ranking (preference) data needs preference training, which glmtune does not "
-                         f"have yet; remove {name!r} from {key}")  # fmt: skip
+        raise UsageError(
+            f"{where}: ranking (preference) data needs preference training, which glmtune does not "
+            f"have yet; remove {name!r} from {key}"
+        )
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise UsageError(f"{where}: formatting {formatting!r}; glmtune reads alpaca and sharegpt entries")
@@ -238,8 +256,15 @@ def iter_source(source: Source, key: str, data: DataSection, scan: Scan) -> Iter
         return record
 
     fmt = "auto" if source.mapped else source.formatting
-    for example in iter_examples(source.paths, key, fmt, data.variables, data.system,
-                                 placeholders=data.placeholders, transform=transform):  # fmt: skip
+    for example in iter_examples(
+        source.paths,
+        key,
+        fmt,
+        data.variables,
+        data.system,
+        placeholders=data.placeholders,
+        transform=transform,
+    ):
         yield replace(example, source=source.name)
 
 
@@ -254,8 +279,10 @@ def canonical_record(record: Mapping[str, Any], origin: str, source: Source) -> 
         if column is not None and column in record:
             canonical[target] = record[column]
         elif name in ("prompt", "response"):
-            raise UsageError(f"{origin}: no column {column!r} for the {name} (columns.{name}); "
-                             f"the record has {', '.join(sorted(record))}")  # fmt: skip
+            raise UsageError(
+                f"{origin}: no column {column!r} for the {name} (columns.{name}); "
+                f"the record has {', '.join(sorted(record))}"
+            )
     return canonical
 
 
@@ -265,9 +292,16 @@ def _sharegpt_record(record: Mapping[str, Any], origin: str, source: Source) -> 
     if not isinstance(turns, list) or not turns:
         raise UsageError(f"{origin}: no column {column!r} holding a list of turns (columns.messages)")
     tags = {**SHAREGPT_TAGS, **source.tags}
-    roles = {tags[f"{role}_tag"]: canonical for role, canonical in
-             (("user", "human"), ("assistant", "gpt"), ("observation", "observation"),
-              ("function", "function_call"), ("system", "system"))}  # fmt: skip
+    roles = {
+        tags[f"{role}_tag"]: canonical
+        for role, canonical in (
+            ("user", "human"),
+            ("assistant", "gpt"),
+            ("observation", "observation"),
+            ("function", "function_call"),
+            ("system", "system"),
+        )
+    }
     conversations = []
     if (system := source.columns.get("system")) and record.get(system):
         conversations.append({"from": "system", "value": record[system]})
@@ -278,8 +312,10 @@ def _sharegpt_record(record: Mapping[str, Any], origin: str, source: Source) -> 
             )
         role = roles.get(turn[tags["role_tag"]])
         if role is None:
-            raise UsageError(f"{origin}: {tags['role_tag']} {turn[tags['role_tag']]!r} is none of the tags' roles "
-                             f"({', '.join(roles)}); set data.tags")  # fmt: skip
+            raise UsageError(
+                f"{origin}: {tags['role_tag']} {turn[tags['role_tag']]!r} is none of the tags' roles "
+                f"({', '.join(roles)}); set data.tags"
+            )
         conversations.append({"from": role, "value": turn[tags["content_tag"]]})
     canonical: dict[str, Any] = {"conversations": conversations}
     if (tools := source.columns.get("tools")) and record.get(tools):
@@ -328,8 +364,13 @@ def mix_draw(examples: list[Example], mix: MixEntry | None, source: Source, seed
 
 
 def _describe(source: Source, read: int, held_out: int, drawn: int, mix: MixEntry | None) -> dict[str, Any]:
-    described: dict[str, Any] = {"name": source.name, "files": source.paths, "records": read,
-                                 "held_out": held_out, "drawn": drawn}  # fmt: skip
+    described: dict[str, Any] = {
+        "name": source.name,
+        "files": source.paths,
+        "records": read,
+        "held_out": held_out,
+        "drawn": drawn,
+    }
     if mix is not None:
         described["mix"] = mix.model_dump(exclude_none=True)
     elif source.samples is not None:

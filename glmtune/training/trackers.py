@@ -63,6 +63,12 @@ def tracker_callbacks(report_to: Iterable[str], run_dir: Path) -> list:
         from swanlab.integration.transformers import SwanLabCallback
 
         mode, log_dir = os.environ.get("SWANLAB_MODE", "offline"), os.environ.get("SWANLAB_LOG_DIR")
-        callbacks.append(SwanLabCallback(project="glmtune", experiment_name=run_dir.name, mode=mode,
-                                         log_dir=log_dir or str(run_dir / "swanlog")))  # fmt: skip
+        callbacks.append(
+            SwanLabCallback(
+                project="glmtune",
+                experiment_name=run_dir.name,
+                mode=mode,
+                log_dir=log_dir or str(run_dir / "swanlog"),
+            )
+        )
     return callbacks
