@@ -95,6 +95,17 @@ GLM4_CHAT_TEMPLATE = (
 # glm4_moe (tiny-glm4-moe, GLM-4.5 and later): attention and every nn.Linear gate/up/down_proj (dense first layers,
 # shared experts); the fused routed experts only with `[lora] experts` (glmtune.training.lora resolves the weights).
 MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# GLM-4.7-Flash (glm4_moe_lite) and GLM-5.x attend with MLA: low-rank query and key/value projections instead of q/k/v_proj.
+MLA_TARGETS = (
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+    "kv_b_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 SPECIAL_TOKENS = (

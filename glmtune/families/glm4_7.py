@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
 from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
-from glmtune.families.glm4 import MOE_TARGETS, SPLIT_PATTERN
+from glmtune.families.glm4 import MLA_TARGETS, MOE_TARGETS, SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
     family="glm4_7",
@@ -29,17 +29,6 @@ FORMAT = think_xml.ThinkXmlFormat(
     prompt_think=("<think>", "</think>"),
     raw_reasoning=False,
     tools_as_functions=False,
-)
-# GLM-4.7-Flash (glm4_moe_lite) attends with MLA: low-rank query and key/value projections instead of q/k/v_proj.
-MLA_TARGETS = (
-    "q_a_proj",
-    "q_b_proj",
-    "kv_a_proj_with_mqa",
-    "kv_b_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
 )
 # GLM-4.7-Flash's config.json (../shared/assets/glm-models/glm-4.7-flash/config.json) scaled down: every switch as
 # shipped, sizes shrunk (2 layers: one dense, one MoE; 4 routed experts; MLA ranks and head dims quartered).

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 from glmtune.families import think_xml, think_xml_template
 from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
-from glmtune.families.glm4 import SPLIT_PATTERN
-from glmtune.families.glm4_7 import MLA_TARGETS
+from glmtune.families.glm4 import MLA_TARGETS, SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
     family="glm5_3",
