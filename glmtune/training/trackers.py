@@ -60,7 +60,16 @@ def tracker_callbacks(report_to: Iterable[str], run_dir: Path) -> list:
     """Trainer callbacks of the trackers that bring their own (configured by `tracker_environment`)."""
     callbacks = []
     if "swanlab" in report_to:
+        import swanlab
         from swanlab.integration.transformers import SwanLabCallback
+        from transformers import TrainerCallback
+
+        class FinishSwanLab(TrainerCallback):
+            """swanlab's callback leaves its run open until the process exits (its files are written then); close
+            it when training ends, so the run directory is complete when `train` returns."""
+
+            def on_train_end(self, args, state, control, **kwargs):
+                swanlab.finish()
 
         mode, log_dir = os.environ.get("SWANLAB_MODE", "offline"), os.environ.get("SWANLAB_LOG_DIR")
         callbacks.append(
@@ -71,4 +80,5 @@ def tracker_callbacks(report_to: Iterable[str], run_dir: Path) -> list:
                 log_dir=log_dir or str(run_dir / "swanlog"),
             )
         )
+        callbacks.append(FinishSwanLab())
     return callbacks
