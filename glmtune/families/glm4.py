@@ -106,6 +106,20 @@ MLA_TARGETS = (
     "up_proj",
     "down_proj",
 )
+# The sizes of the tiny MLA + MoE checkpoints (GLM-4.7-Flash, GLM-5.1, GLM-5.2): 4 heads, 2 layers of which the
+# first dense, 4 routed experts (top 2), MLA ranks and head dims quartered or less.
+TINY_MLA_MOE_SIZES = {
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "first_k_dense_replace": 1,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+    "q_lora_rank": 96,
+    "kv_lora_rank": 64,
+    "qk_nope_head_dim": 48,
+    "qk_rope_head_dim": 16,
+}
 
 
 SPECIAL_TOKENS = (

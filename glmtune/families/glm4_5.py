@@ -15,10 +15,8 @@ the user turns, the empty block untrained). "keep" is refused: this template has
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
+from glmtune.families.base import TinySpec
 from glmtune.families.glm4 import MOE_TARGETS, SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
@@ -67,35 +65,14 @@ TINY = (
     ),
 )
 
-CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
-
-
-def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
-    return think_xml.layout(FORMAT, messages, options)
-
-
-FAMILY = Family(
+FAMILY = think_xml_template.think_xml_family(
+    FORMAT,
+    model_types=("glm4_moe",),
+    markers=("<arg_key>", "/nothink"),
+    lacks=("clear_thinking",),
     name="glm4_5",
     title="GLM-4.5, GLM-4.5-Air, GLM-4.6",
-    special_tokens=think_xml.ADDED_TOKENS,
-    eos_token="<|endoftext|>",
-    pad_token="<|endoftext|>",
-    stop_tokens=think_xml.STOP_TOKENS,
-    layout=_layout,
-    chat_template=CHAT_TEMPLATE,
-    detection=(
-        Signature(model_types=("glm4_moe",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
-        Signature(
-            model_types=("glm4_moe",),
-            template_markers=("<arg_key>", "/nothink"),
-            template_lacks=("clear_thinking",),
-        ),
-    ),
     lora_targets={"glm4_moe": MOE_TARGETS},
-    turn_end_note=think_xml.TURN_END_NOTE,
     tiny=TINY,
-    parse_reply=think_xml.parse_reply,
-    partial_reply=think_xml.partial_reply,
     vllm_tool_parser="glm45",
-    vllm_reasoning_parser="glm45",
 )

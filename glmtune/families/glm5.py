@@ -14,11 +14,9 @@ only. "keep" (`clear_thinking=false`) trains every turn's reasoning; "off" train
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
-from glmtune.families.glm4 import MLA_TARGETS, SPLIT_PATTERN
+from glmtune.families.base import TinySpec
+from glmtune.families.glm4 import MLA_TARGETS, SPLIT_PATTERN, TINY_MLA_MOE_SIZES
 
 FORMAT = think_xml.ThinkXmlFormat(
     family="glm5",
@@ -54,16 +52,7 @@ TINY_CONFIG = {
     "topk_method": "noaux_tc",
     "num_nextn_predict_layers": 1,
     "use_cache": True,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "first_k_dense_replace": 1,
-    "n_routed_experts": 4,
-    "num_experts_per_tok": 2,
-    "moe_intermediate_size": 128,
-    "q_lora_rank": 96,
-    "kv_lora_rank": 64,
-    "qk_nope_head_dim": 48,
-    "qk_rope_head_dim": 16,
+    **TINY_MLA_MOE_SIZES,
     "head_dim": 16,
     "v_head_dim": 64,
     "index_head_dim": 32,
@@ -81,35 +70,14 @@ TINY = (
     ),
 )
 
-CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
-
-
-def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
-    return think_xml.layout(FORMAT, messages, options)
-
-
-FAMILY = Family(
+FAMILY = think_xml_template.think_xml_family(
+    FORMAT,
+    model_types=("glm_moe_dsa",),
+    markers=("<arg_key>", "defer_loading", "thinking_indices"),
+    lacks=("Reasoning Effort",),
     name="glm5",
     title="GLM-5, GLM-5.1",
-    special_tokens=think_xml.ADDED_TOKENS,
-    eos_token="<|endoftext|>",
-    pad_token="<|endoftext|>",
-    stop_tokens=think_xml.STOP_TOKENS,
-    layout=_layout,
-    chat_template=CHAT_TEMPLATE,
-    detection=(
-        Signature(model_types=("glm_moe_dsa",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
-        Signature(
-            model_types=("glm_moe_dsa",),
-            template_markers=("<arg_key>", "defer_loading", "thinking_indices"),
-            template_lacks=("Reasoning Effort",),
-        ),
-    ),
     lora_targets={"glm_moe_dsa": MLA_TARGETS},
-    turn_end_note=think_xml.TURN_END_NOTE,
     tiny=TINY,
-    parse_reply=think_xml.parse_reply,
-    partial_reply=think_xml.partial_reply,
     vllm_tool_parser="glm47",
-    vllm_reasoning_parser="glm45",
 )

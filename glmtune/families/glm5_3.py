@@ -13,10 +13,8 @@ on): the reasoning after the last user message is trained, earlier turns keep th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from glmtune.families import think_xml, think_xml_template
-from glmtune.families.base import Family, Message, Piece, RenderOptions, Signature, TinySpec
+from glmtune.families.base import TinySpec
 from glmtune.families.glm4 import MLA_TARGETS, SPLIT_PATTERN
 
 FORMAT = think_xml.ThinkXmlFormat(
@@ -102,38 +100,17 @@ TINY = (
     ),
 )
 
-CHAT_TEMPLATE = think_xml_template.chat_template(FORMAT)
-
-
-def _layout(messages: Sequence[Message], options: RenderOptions) -> list[Piece]:
-    return think_xml.layout(FORMAT, messages, options)
-
-
-FAMILY = Family(
+FAMILY = think_xml_template.think_xml_family(
+    FORMAT,
+    model_types=("glm5_next",),
+    markers=("<arg_key>", "Reasoning Effort"),
+    lacks=("enable_thinking",),
     name="glm5_3",
     title="GLM-5.3-Flash (text)",
-    special_tokens=think_xml.ADDED_TOKENS,
-    eos_token="<|endoftext|>",
-    pad_token="<|endoftext|>",
-    stop_tokens=think_xml.STOP_TOKENS,
-    layout=_layout,
-    chat_template=CHAT_TEMPLATE,
-    detection=(
-        Signature(model_types=("glm5_next",), template_is=CHAT_TEMPLATE),  # glmtune's tiny folders
-        Signature(
-            model_types=("glm5_next",),
-            template_markers=("<arg_key>", "Reasoning Effort"),
-            template_lacks=("enable_thinking",),
-        ),
-    ),
     lora_targets={"glm5_next": TARGETS},
     auto_class=AUTO_CLASS,
-    turn_end_note=think_xml.TURN_END_NOTE,
     tiny=TINY,
     cannot_pack="its KDA linear-attention layers carry a recurrent state along the whole row, and its attention "
     "takes a padding mask only, so packed samples would read each other",
-    parse_reply=think_xml.parse_reply,
-    partial_reply=think_xml.partial_reply,
     vllm_tool_parser="glm47",
-    vllm_reasoning_parser="glm45",
 )

@@ -4,7 +4,11 @@ carries for tokenizers that ship none (exports, tiny folders). Tested equal, as 
 from __future__ import annotations
 
 import json
+from functools import partial
+from typing import Any
 
+from glmtune.families import think_xml
+from glmtune.families.base import Family, Signature
 from glmtune.families.think_xml import ThinkXmlFormat, tools_text
 
 
@@ -100,4 +104,36 @@ def _assistant_jinja(fmt: ThinkXmlFormat) -> str:
         f"{{%- if (keep or loop.index0 > ns.last_user) and {shown} -%}}{{{{ '{nl}<think>' + {text} + '</think>' }}}}"
         f"{{%- else -%}}{{{{ '{nl}{fmt.hidden_think}' }}}}{{%- endif -%}}"
         f"{{%- if content.strip() -%}}{{{{ '{nl}' + content.strip() }}}}{{%- endif -%}}{calls}"
+    )
+
+
+def think_xml_family(
+    fmt: ThinkXmlFormat,
+    model_types: tuple[str, ...],
+    markers: tuple[str, ...],
+    lacks: tuple[str, ...] = (),
+    **fields: Any,
+) -> Family:
+    """The record of a GLM-4.5+ family from its format: what all of them share (the added tokens, stop tokens,
+    layout, this module's Jinja, reply parsers, vLLM's reasoning parser) plus the family's own `fields` (name, title,
+    LoRA targets, tiny checkpoints, ...). Detection: glmtune's own tiny folders by their exact template; official
+    folders by `model_types` and the template `markers` (and what it `lacks`) only this release has."""
+    template = chat_template(fmt)
+    detection = (
+        Signature(model_types=model_types, template_is=template),
+        Signature(model_types=model_types, template_markers=markers, template_lacks=lacks),
+    )
+    return Family(
+        special_tokens=think_xml.ADDED_TOKENS,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        stop_tokens=think_xml.STOP_TOKENS,
+        layout=partial(think_xml.layout, fmt),
+        chat_template=template,
+        detection=detection,
+        turn_end_note=think_xml.TURN_END_NOTE,
+        parse_reply=think_xml.parse_reply,
+        partial_reply=think_xml.partial_reply,
+        vllm_reasoning_parser="glm45",
+        **fields,
     )
