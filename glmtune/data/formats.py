@@ -72,20 +72,9 @@ def data_files(paths: list[str], key: str) -> list[Path]:
     return files
 
 
-def read_examples(
-    paths: list[str],
-    key: str,
-    fmt: str,
-    variables: Mapping[str, str],
-    system: str | None,
-    *,
-    placeholders: str = "{{name}}",
-    transform: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
-) -> list[Example]:
-    """Examples of the data files `paths`, as a list (see `iter_examples`)."""
-    return list(
-        iter_examples(paths, key, fmt, variables, system, placeholders=placeholders, transform=transform)
-    )
+def read_examples(*args: Any, **kwargs: Any) -> list[Example]:
+    """`iter_examples` as a list (same arguments)."""
+    return list(iter_examples(*args, **kwargs))
 
 
 def iter_examples(
