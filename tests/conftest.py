@@ -128,3 +128,14 @@ def read_lists(data):
     splits = read_splits(data)
     splits.train, splits.eval = list(splits.train), list(splits.eval)
     return splits
+
+
+def runs(rendered, tokenizer):
+    """The rendered sample as (decoded text, trained) runs: what a human checks a mask with."""
+    out = []
+    for token_id, trained in zip(rendered.ids, rendered.mask, strict=True):
+        if out and out[-1][1] == trained:
+            out[-1][0].append(token_id)
+        else:
+            out.append(([token_id], trained))
+    return [(tokenizer.decode(ids), trained) for ids, trained in out]

@@ -1,20 +1,10 @@
 """Golden loss masks for the GLM-4 layout, written by hand as (text, trained) runs, and truncation behaviour."""
 
 import pytest
+from conftest import runs
 
 from glmtune.data.render import render_conversation, render_sample
 from glmtune.families import Message
-
-
-def runs(rendered, tokenizer):
-    """The rendered sample as (decoded text, trained) runs: what a human checks a mask with."""
-    out = []
-    for token_id, trained in zip(rendered.ids, rendered.mask, strict=True):
-        if out and out[-1][1] == trained:
-            out[-1][0].append(token_id)
-        else:
-            out.append(([token_id], trained))
-    return [(tokenizer.decode(ids), trained) for ids, trained in out]
 
 
 def test_single_turn(tokenizer, glm4):

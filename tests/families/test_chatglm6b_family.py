@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_ASSETS, tiny_recipe
+from conftest import SHARED_ASSETS, runs, tiny_recipe
 from original_fixtures import tiny_chatglm6b_checkpoint
 from safetensors.torch import load_file, save_file
 from test_cli import glmtune
 from test_families import MULTI, SINGLE
-from test_render import runs
 
 from glmtune.checkpoints.convert import load_original_state
 from glmtune.checkpoints.export import export_run

@@ -20,8 +20,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_ASSETS
-from test_render import runs
+from conftest import ROOT, SHARED_ASSETS, runs
 
 from glmtune.checkpoints.original import load_original_tokenizer
 from glmtune.data.render import render_conversation
